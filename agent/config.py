@@ -1,0 +1,118 @@
+"""The one settings class. Every knob is a `TRAINYARD_*` environment variable."""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agent.units import parse_memory
+
+DEFAULT_TRAIN_IMAGE = "trainyard/train:latest"
+
+
+def _default_agent_id() -> str:
+    return socket.gethostname() or "agent"
+
+
+class Settings(BaseSettings):
+    """Trainyard configuration, read once from the environment (prefix `TRAINYARD_`)."""
+
+    model_config = SettingsConfigDict(env_prefix="TRAINYARD_", extra="ignore", frozen=True)
+
+    # --- service ---
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    mode: Literal["all", "api", "agent"] = "all"
+    data_dir: Path = Path("data")
+    log_dir: Path = Path("logs")
+    database_url: str = ""  # empty: SQLite under data_dir
+    log_level: str = "INFO"
+
+    # --- queue ---
+    max_queued: int = Field(
+        default=100, ge=1, description="Submissions past this many queued jobs get 429."
+    )
+    default_image: str = DEFAULT_TRAIN_IMAGE
+    default_memory: str = "2g"
+    default_cpus: float = Field(default=1.0, gt=0)
+    default_timeout_seconds: int | None = Field(default=None, ge=1)
+    default_max_retries: int = Field(default=3, ge=0, le=100)
+
+    # --- agent ---
+    agent_id: str = Field(default_factory=_default_agent_id, min_length=1, max_length=64)
+    max_concurrent_jobs: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    gpus: str = Field(default="auto", description="'auto', 'none', or device ids like '0,1,2,3'.")
+    memory_reserve: str = "1g"
+    lease_seconds: float = Field(default=60.0, ge=5)
+    poll_interval: float = Field(
+        default=1.0, gt=0, description="Fallback wake-up of the agent loop."
+    )
+    stop_grace_seconds: float = Field(default=30.0, ge=0)
+    container_user: str = "1000:1000"
+    pids_limit: int = Field(default=4096, ge=16)
+    docker_timeout: float = Field(default=60.0, gt=0)
+    retry_backoff_seconds: float = Field(default=5.0, ge=0)
+    retry_backoff_max_seconds: float = Field(default=600.0, ge=0)
+
+    # --- job logs ---
+    log_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    log_backup_count: int = Field(default=5, ge=0)
+
+    @field_validator("default_memory", "memory_reserve")
+    @classmethod
+    def _memory_parses(cls, value: str) -> str:
+        parse_memory(value)
+        return value
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus_parse(cls, value: str) -> str:
+        value = value.strip()
+        if value in ("auto", "none", ""):
+            return value or "none"
+        ids = [part.strip() for part in value.split(",")]
+        if not all(part.isdigit() for part in ids) or len(set(ids)) != len(ids):
+            raise ValueError(
+                "TRAINYARD_GPUS must be 'auto', 'none' or distinct device ids like '0,1'"
+            )
+        return ",".join(ids)
+
+    @model_validator(mode="after")
+    def _safe_bind(self) -> Settings:
+        # The service has no authentication yet, so it refuses to listen beyond this machine.
+        if self.host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(
+            "TRAINYARD_ALLOW_PUBLIC_BIND"
+        ):
+            raise ValueError(
+                "TRAINYARD_HOST must be a loopback address until authentication exists "
+                "(set TRAINYARD_ALLOW_PUBLIC_BIND=1 to override behind your own proxy)"
+            )
+        return self
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'trainyard.db').resolve()}"
+
+    @property
+    def job_log_dir(self) -> Path:
+        return self.log_dir
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.data_dir / "outputs"
+
+    @cached_property
+    def default_memory_bytes(self) -> int:
+        return parse_memory(self.default_memory)
+
+    @cached_property
+    def memory_reserve_bytes(self) -> int:
+        return parse_memory(self.memory_reserve)

@@ -1,0 +1,554 @@
+"""Every SQL statement about jobs. Status changes are compare-and-set against the expected state."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, func, or_, select, text, update
+from sqlalchemy.orm import Session
+
+from agent.db.engine import Database
+from agent.db.models import AttemptRow, EventRow, JobRow
+from agent.errors import InvalidTransition, JobNotFound, QueueFull, StaleState
+from agent.jobs import JobStatus, check_transition
+from agent.records import (
+    ActiveAttempt,
+    Attempt,
+    AttemptResult,
+    Claim,
+    Event,
+    Job,
+    NewJob,
+    Stats,
+)
+from agent.retry import RetryDecision
+from agent.scheduling import Demand, Free, assign_gpus, pick
+
+CLAIM_BATCH = 50
+SUBMIT_LOCK_KEY = 0x7472_6169_6E79  # "trainy": serialises the queue-bound check on PostgreSQL
+ACTIVE = (JobStatus.STARTING.value, JobStatus.RUNNING.value)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class JobQueue:
+    def __init__(self, db: Database, clock: Callable[[], datetime] = utcnow) -> None:
+        self.db = db
+        self.clock = clock
+
+    # --- submit and read -----------------------------------------------------------------
+
+    def submit(self, new: NewJob, *, max_queued: int, actor: str = "api") -> Job:
+        now = self.clock()
+        with self.db.transaction() as s:
+            if not self.db.is_sqlite:  # SQLite's BEGIN IMMEDIATE already serialises writers
+                s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SUBMIT_LOCK_KEY})
+            queued = s.scalar(
+                select(func.count()).select_from(JobRow).where(JobRow.status == "queued")
+            )
+            if (queued or 0) >= max_queued:
+                raise QueueFull(
+                    f"the queue is full: {queued} jobs are queued and the bound is {max_queued} "
+                    "(TRAINYARD_MAX_QUEUED); try again when some have started"
+                )
+            row = JobRow(
+                id=new_id(),
+                name=new.name,
+                image=new.image,
+                command=new.command,
+                params=new.params,
+                env=new.env,
+                memory_bytes=new.memory_bytes,
+                cpus=new.cpus,
+                gpus=new.gpus,
+                timeout_seconds=new.timeout_seconds,
+                max_retries=new.max_retries,
+                priority=new.priority,
+                status=JobStatus.QUEUED.value,
+                attempt_count=0,
+                retries_used=0,
+                infra_retries_used=0,
+                created_at=now,
+                updated_at=now,
+            )
+            s.add(row)
+            s.flush()  # the job row first: events reference it
+            _event(s, row.id, now, "submitted", None, JobStatus.QUEUED, actor, "job submitted")
+            return _job(row, [])
+
+    def get(self, job_id: str) -> Job:
+        with self.db.transaction() as s:
+            row = s.get(JobRow, job_id)
+            if row is None:
+                raise JobNotFound(f"no job has id {job_id!r}")
+            attempts = s.scalars(
+                select(AttemptRow).where(AttemptRow.job_id == job_id).order_by(AttemptRow.number)
+            ).all()
+            return _job(row, attempts)
+
+    def list_jobs(
+        self, *, status: JobStatus | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[list[Job], int]:
+        """Newest first."""
+        where: list[ColumnElement[bool]] = []
+        if status is not None:
+            where.append(JobRow.status == status.value)
+        with self.db.transaction() as s:
+            total = s.scalar(select(func.count()).select_from(JobRow).where(*where)) or 0
+            rows = s.scalars(
+                select(JobRow)
+                .where(*where)
+                .order_by(JobRow.created_at.desc(), JobRow.id.desc())
+                .limit(limit)
+                .offset(offset)
+            ).all()
+            return [_job(row, []) for row in rows], total
+
+    def events(self, job_id: str) -> list[Event]:
+        with self.db.transaction() as s:
+            if s.get(JobRow, job_id) is None:
+                raise JobNotFound(f"no job has id {job_id!r}")
+            rows = s.scalars(
+                select(EventRow).where(EventRow.job_id == job_id).order_by(EventRow.id)
+            ).all()
+            return [
+                Event(r.id, r.at, r.kind, r.from_status, r.to_status, r.attempt, r.actor, r.message)
+                for r in rows
+            ]
+
+    def stats(self) -> Stats:
+        with self.db.transaction() as s:
+            counts = {status.value: 0 for status in JobStatus}
+            for status, count in s.execute(
+                select(JobRow.status, func.count()).group_by(JobRow.status)
+            ):
+                counts[status] = count
+            epoch = self._epoch
+            wait = s.scalar(
+                select(func.avg(epoch(JobRow.started_at) - epoch(JobRow.created_at))).where(
+                    JobRow.started_at.is_not(None)
+                )
+            )
+            run = s.scalar(
+                select(func.avg(epoch(JobRow.finished_at) - epoch(JobRow.started_at))).where(
+                    JobRow.finished_at.is_not(None), JobRow.started_at.is_not(None)
+                )
+            )
+        decided = counts["succeeded"] + counts["failed"]
+        return Stats(
+            counts=counts,
+            total=sum(counts.values()),
+            success_rate=counts["succeeded"] / decided if decided else None,
+            mean_queue_wait_seconds=float(wait) if wait is not None else None,
+            mean_run_seconds=float(run) if run is not None else None,
+        )
+
+    def _epoch(self, column: Any) -> Any:
+        if self.db.is_sqlite:
+            return (func.julianday(column) - 2440587.5) * 86400.0
+        return func.extract("epoch", column)
+
+    # --- cancel ----------------------------------------------------------------------------
+
+    def request_cancel(self, job_id: str, actor: str) -> Job:
+        """Cancel a queued job at once; flag an active one for its agent to stop."""
+        now = self.clock()
+        with self.db.transaction() as s:
+            query = select(JobRow).where(JobRow.id == job_id)
+            if not self.db.is_sqlite:
+                query = query.with_for_update()
+            row = s.scalars(query).first()
+            if row is None:
+                raise JobNotFound(f"no job has id {job_id!r}")
+            status = JobStatus(row.status)
+            if status.is_final:
+                raise InvalidTransition(f"job {job_id} already {status.value}; nothing to cancel")
+            if status is JobStatus.QUEUED:
+                self._cas(
+                    s,
+                    job_id,
+                    JobStatus.QUEUED,
+                    JobStatus.CANCELLED,
+                    outcome="cancelled",
+                    reason=f"cancelled by {actor} before it started",
+                    finished_at=now,
+                    not_before=None,
+                    cancel_requested_at=now,
+                    cancel_requested_by=actor,
+                )
+                _event(s, job_id, now, "cancelled", status, JobStatus.CANCELLED, actor, "cancelled")
+            elif row.cancel_requested_at is None:
+                s.execute(
+                    update(JobRow)
+                    .where(JobRow.id == job_id, JobRow.status.in_(ACTIVE))
+                    .values(cancel_requested_at=now, cancel_requested_by=actor, updated_at=now)
+                )
+                _event(
+                    s,
+                    job_id,
+                    now,
+                    "cancel_requested",
+                    None,
+                    None,
+                    actor,
+                    f"cancel requested by {actor}; stopping attempt {row.attempt_count}",
+                    attempt=row.attempt_count,
+                )
+        return self.get(job_id)
+
+    def cancel_requested(self, job_ids: Iterable[str]) -> dict[str, str]:
+        """Of these jobs, those whose cancellation was asked for, with who asked."""
+        ids = list(job_ids)
+        if not ids:
+            return {}
+        with self.db.transaction() as s:
+            rows = s.execute(
+                select(JobRow.id, JobRow.cancel_requested_by).where(
+                    JobRow.id.in_(ids), JobRow.cancel_requested_at.is_not(None)
+                )
+            )
+            return {job_id: actor or "api" for job_id, actor in rows}
+
+    # --- agent side ------------------------------------------------------------------------
+
+    def claim(self, agent_id: str, free: Free, *, lease_seconds: float) -> Claim | None:
+        """Atomically take the first queued job (priority, then age) that fits `free`."""
+        now = self.clock()
+        with self.db.transaction() as s:
+            query: Select[JobRow] = (
+                select(JobRow)
+                .where(
+                    JobRow.status == JobStatus.QUEUED.value,
+                    or_(JobRow.not_before.is_(None), JobRow.not_before <= now),
+                )
+                .order_by(JobRow.priority.desc(), JobRow.created_at, JobRow.id)
+                .limit(CLAIM_BATCH)
+            )
+            if not self.db.is_sqlite:
+                query = query.with_for_update(skip_locked=True)
+            rows = {row.id: row for row in s.scalars(query)}
+            chosen = pick(
+                (Demand(r.id, r.memory_bytes, r.cpus, r.gpus) for r in rows.values()), free
+            )
+            if chosen is None:
+                return None
+            row = rows[chosen.job_id]
+            token = new_id()
+            number = row.attempt_count + 1
+            gpu_ids = assign_gpus(free.gpu_ids, row.gpus)
+            self._cas(
+                s,
+                row.id,
+                JobStatus.QUEUED,
+                JobStatus.STARTING,
+                agent_id=agent_id,
+                lease_token=token,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                attempt_count=number,
+                not_before=None,
+            )
+            s.add(
+                AttemptRow(
+                    job_id=row.id,
+                    number=number,
+                    agent_id=agent_id,
+                    lease_token=token,
+                    gpu_ids=list(gpu_ids),
+                    memory_bytes=row.memory_bytes,
+                    cpus=row.cpus,
+                    claimed_at=now,
+                )
+            )
+            _event(
+                s,
+                row.id,
+                now,
+                "claimed",
+                JobStatus.QUEUED,
+                JobStatus.STARTING,
+                agent_id,
+                f"attempt {number} claimed by agent {agent_id}",
+                attempt=number,
+            )
+            s.flush()
+            s.refresh(row)
+            return Claim(job=_job(row, []), attempt=number, lease_token=token, gpu_ids=gpu_ids)
+
+    def next_due(self) -> datetime | None:
+        """When the earliest delayed retry becomes claimable."""
+        with self.db.transaction() as s:
+            return s.scalar(
+                select(func.min(JobRow.not_before)).where(
+                    JobRow.status == JobStatus.QUEUED.value, JobRow.not_before.is_not(None)
+                )
+            )
+
+    def record_container(self, claim: Claim, container_id: str) -> None:
+        with self.db.transaction() as s:
+            result = s.execute(
+                update(AttemptRow)
+                .where(
+                    AttemptRow.job_id == claim.job.id,
+                    AttemptRow.number == claim.attempt,
+                    AttemptRow.lease_token == claim.lease_token,
+                )
+                .values(container_id=container_id)
+            )
+            if _rowcount(result) != 1:
+                raise StaleState(
+                    f"job {claim.job.id}: lease lost before its container was recorded"
+                )
+
+    def mark_running(self, claim: Claim) -> bool:
+        """starting → running; False when the job moved on meanwhile (e.g. it was cancelled)."""
+        now = self.clock()
+        with self.db.transaction() as s:
+            moved = self._cas(
+                s,
+                claim.job.id,
+                JobStatus.STARTING,
+                JobStatus.RUNNING,
+                token=claim.lease_token,
+                strict=False,
+                started_at=func.coalesce(JobRow.started_at, now),
+            )
+            if not moved:
+                return False
+            s.execute(
+                update(AttemptRow)
+                .where(AttemptRow.job_id == claim.job.id, AttemptRow.number == claim.attempt)
+                .values(started_at=now)
+            )
+            _event(
+                s,
+                claim.job.id,
+                now,
+                "started",
+                JobStatus.STARTING,
+                JobStatus.RUNNING,
+                _agent_of(s, claim),
+                f"attempt {claim.attempt} running",
+                attempt=claim.attempt,
+            )
+            return True
+
+    def finish(
+        self,
+        claim: Claim,
+        expected: JobStatus,
+        result: AttemptResult,
+        retry: RetryDecision | None,
+    ) -> JobStatus:
+        """Store an attempt's result and move the job on: final state, or back to the queue."""
+        now = self.clock()
+        if result.outcome == "succeeded":
+            target = JobStatus.SUCCEEDED
+        elif retry is not None:
+            target = JobStatus.QUEUED
+        elif result.outcome == "cancelled":
+            target = JobStatus.CANCELLED
+        else:
+            target = JobStatus.FAILED
+        values: dict[str, Any] = {
+            "outcome": result.outcome,
+            "exit_code": result.exit_code,
+            "reason": result.reason,
+            "lease_token": None,
+            "lease_expires_at": None,
+        }
+        if target is JobStatus.QUEUED:
+            assert retry is not None
+            values["not_before"] = now + timedelta(seconds=retry.delay_seconds)
+            counter = JobRow.retries_used if retry.uses_job_budget else JobRow.infra_retries_used
+            values[counter.key] = counter + 1
+        else:
+            values["finished_at"] = now
+        with self.db.transaction() as s:
+            agent_id = _agent_of(s, claim)
+            s.execute(
+                update(AttemptRow)
+                .where(
+                    AttemptRow.job_id == claim.job.id,
+                    AttemptRow.number == claim.attempt,
+                    AttemptRow.lease_token == claim.lease_token,
+                )
+                .values(
+                    finished_at=now,
+                    exit_code=result.exit_code,
+                    oom_killed=result.oom_killed,
+                    outcome=result.outcome,
+                    reason=result.reason,
+                )
+            )
+            self._cas(s, claim.job.id, expected, target, token=claim.lease_token, **values)
+            message = f"attempt {claim.attempt} {result.outcome}: {result.reason}"
+            if retry is not None:
+                message += f"; retry in {retry.delay_seconds:.1f}s ({retry.reason})"
+            kind = "retry_scheduled" if retry is not None else "finished"
+            _event(s, claim.job.id, now, kind, expected, target, agent_id, message, claim.attempt)
+        return target
+
+    def active_attempts(self, agent_id: str) -> list[ActiveAttempt]:
+        """Attempts this agent holds according to the database."""
+        with self.db.transaction() as s:
+            rows = s.execute(
+                select(JobRow, AttemptRow)
+                .join(
+                    AttemptRow,
+                    (AttemptRow.job_id == JobRow.id) & (AttemptRow.number == JobRow.attempt_count),
+                )
+                .where(JobRow.agent_id == agent_id, JobRow.status.in_(ACTIVE))
+            ).all()
+            return [
+                ActiveAttempt(
+                    job_id=job.id,
+                    attempt=att.number,
+                    lease_token=att.lease_token,
+                    status=JobStatus(job.status),
+                    container_id=att.container_id,
+                    memory_bytes=att.memory_bytes,
+                    cpus=att.cpus,
+                    gpu_ids=tuple(att.gpu_ids),
+                )
+                for job, att in rows
+            ]
+
+    def renew_leases(self, agent_id: str, tokens: Iterable[str], *, lease_seconds: float) -> None:
+        tokens = list(tokens)
+        if not tokens:
+            return
+        with self.db.transaction() as s:
+            s.execute(
+                update(JobRow)
+                .where(JobRow.agent_id == agent_id, JobRow.lease_token.in_(tokens))
+                .values(lease_expires_at=self.clock() + timedelta(seconds=lease_seconds))
+            )
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _cas(
+        self,
+        s: Session,
+        job_id: str,
+        expected: JobStatus,
+        target: JobStatus,
+        *,
+        token: str | None = None,
+        strict: bool = True,
+        **values: Any,
+    ) -> bool:
+        check_transition(expected, target)
+        conditions = [JobRow.id == job_id, JobRow.status == expected.value]
+        if token is not None:
+            conditions.append(JobRow.lease_token == token)
+        result = s.execute(
+            update(JobRow)
+            .where(*conditions)
+            .values(status=target.value, updated_at=self.clock(), **values)
+        )
+        if _rowcount(result) == 1:
+            return True
+        if strict:
+            raise StaleState(
+                f"job {job_id} was no longer {expected.value} (or its lease moved on); "
+                f"not moving it to {target.value}"
+            )
+        return False
+
+
+def _rowcount(result: Any) -> int:
+    return int(result.rowcount)
+
+
+def _agent_of(s: Session, claim: Claim) -> str:
+    agent = s.scalar(
+        select(AttemptRow.agent_id).where(
+            AttemptRow.job_id == claim.job.id, AttemptRow.number == claim.attempt
+        )
+    )
+    return agent or "agent"
+
+
+def _event(
+    s: Session,
+    job_id: str,
+    at: datetime,
+    kind: str,
+    from_status: JobStatus | None,
+    to_status: JobStatus | None,
+    actor: str,
+    message: str,
+    attempt: int | None = None,
+) -> None:
+    s.add(
+        EventRow(
+            job_id=job_id,
+            at=at,
+            kind=kind,
+            from_status=from_status.value if from_status else None,
+            to_status=to_status.value if to_status else None,
+            attempt=attempt,
+            actor=actor,
+            message=message,
+        )
+    )
+
+
+def _attempt(row: AttemptRow) -> Attempt:
+    return Attempt(
+        number=row.number,
+        agent_id=row.agent_id,
+        container_id=row.container_id,
+        gpu_ids=list(row.gpu_ids or []),
+        memory_bytes=row.memory_bytes,
+        cpus=row.cpus,
+        claimed_at=row.claimed_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        exit_code=row.exit_code,
+        oom_killed=row.oom_killed,
+        outcome=row.outcome,
+        reason=row.reason,
+    )
+
+
+def _job(row: JobRow, attempts: Iterable[AttemptRow]) -> Job:
+    return Job(
+        id=row.id,
+        name=row.name,
+        image=row.image,
+        command=list(row.command) if row.command is not None else None,
+        params=dict(row.params or {}),
+        env=dict(row.env or {}),
+        memory_bytes=row.memory_bytes,
+        cpus=row.cpus,
+        gpus=row.gpus,
+        timeout_seconds=row.timeout_seconds,
+        max_retries=row.max_retries,
+        priority=row.priority,
+        status=JobStatus(row.status),
+        reason=row.reason,
+        outcome=row.outcome,
+        exit_code=row.exit_code,
+        attempt_count=row.attempt_count,
+        retries_used=row.retries_used,
+        infra_retries_used=row.infra_retries_used,
+        not_before=row.not_before,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        agent_id=row.agent_id,
+        cancel_requested_at=row.cancel_requested_at,
+        cancel_requested_by=row.cancel_requested_by,
+        attempts=[_attempt(a) for a in attempts],
+    )

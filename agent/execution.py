@@ -1,0 +1,307 @@
+"""Run one attempt of one job: create → start → stream logs → supervise → record → remove."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.config import Settings
+from agent.db.queue import JobQueue
+from agent.errors import ContainerError, RuntimeUnavailable, StaleState, TrainyardError
+from agent.jobs import JobStatus, Outcome
+from agent.logs import JobLogWriter, job_log_path
+from agent.metrics import ATTEMPT_SECONDS, ATTEMPTS_FINISHED, START_LATENCY_SECONDS
+from agent.outcomes import ExitReport, classify
+from agent.records import AttemptResult, Claim
+from agent.retry import RetryPolicy
+from agent.runtime.docker_runner import (
+    AGENT_LABEL,
+    ATTEMPT_LABEL,
+    JOB_LABEL,
+    ContainerSpec,
+    DockerRunner,
+)
+from agent.units import format_memory
+
+log = logging.getLogger("trainyard.agent")
+
+OUTPUTS_MOUNT = "/outputs"
+LOG_DRAIN_SECONDS = 30.0
+SUPERVISE_TICK = 0.25
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    reason: str  # "cancelled" | "shutdown"
+    actor: str
+
+
+class AttemptExecution:
+    """One container run. `run()` never raises: every ending is recorded as an outcome."""
+
+    def __init__(
+        self,
+        claim: Claim,
+        *,
+        settings: Settings,
+        queue: JobQueue,
+        runtime: DockerRunner,
+        policy: RetryPolicy,
+        on_done: Callable[[AttemptExecution], None],
+    ) -> None:
+        self.claim = claim
+        self.settings = settings
+        self.queue = queue
+        self.runtime = runtime
+        self.policy = policy
+        self.on_done = on_done
+        self._stop_request: StopRequest | None = None
+        self._stop_event = threading.Event()
+        self.container_id: str | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self.claim.job.id
+
+    def request_stop(self, reason: str, actor: str) -> None:
+        if self._stop_request is None:
+            self._stop_request = StopRequest(reason, actor)
+        self._stop_event.set()
+
+    def run(self) -> None:
+        job, number = self.claim.job, self.claim.attempt
+        writer = JobLogWriter(
+            job_log_path(self.settings.log_dir, job.id),
+            max_bytes=self.settings.log_max_bytes,
+            backup_count=self.settings.log_backup_count,
+        )
+        expected = JobStatus.STARTING
+        started = time.monotonic()
+        result: AttemptResult | None = None
+        try:
+            writer.agent(f"claimed by agent {self.settings.agent_id}", attempt=number)
+            expected, result = self._execute(writer)
+        except StaleState as exc:
+            writer.agent(f"lease lost, leaving the job alone: {exc}", attempt=number)
+            log.warning("job %s attempt %d: %s", job.id, number, exc)
+        except Exception as exc:  # the agent must outlive any one job
+            log.exception("job %s attempt %d: unexpected failure", job.id, number)
+            result = AttemptResult(Outcome.INFRA_ERROR.value, f"agent failure: {exc}")
+        try:
+            if result is not None:
+                self._record(writer, expected, result, time.monotonic() - started)
+        finally:
+            self._remove_container(writer)
+            writer.close()
+            self.on_done(self)
+
+    # --- the steps ---------------------------------------------------------------------------
+
+    def _execute(self, writer: JobLogWriter) -> tuple[JobStatus, AttemptResult]:
+        number = self.claim.attempt
+        spec = self._container_spec()
+        try:
+            self.container_id = self.runtime.create(spec)
+            self.queue.record_container(self.claim, self.container_id)
+            if self._stop_event.is_set():
+                return JobStatus.STARTING, self._stopped_before_start()
+            self.runtime.start(self.container_id)
+        except ContainerError as exc:
+            outcome = Outcome.CONFIG_ERROR if exc.permanent else Outcome.INFRA_ERROR
+            writer.agent(f"could not start: {exc}", attempt=number)
+            return JobStatus.STARTING, AttemptResult(outcome.value, str(exc))
+        except RuntimeUnavailable as exc:
+            writer.agent(f"could not start: {exc}", attempt=number)
+            return JobStatus.STARTING, AttemptResult(Outcome.INFRA_ERROR.value, str(exc))
+        if not self.queue.mark_running(self.claim):
+            raise StaleState(f"job {self.job_id} moved on while its container started")
+        START_LATENCY_SECONDS.observe(max(0.0, time.time() - self.claim.job.updated_at.timestamp()))
+        writer.agent(
+            f"started in container {self.container_id[:12]}, limits: "
+            f"memory={format_memory(spec.memory_bytes)} (no swap), "
+            f"cpus={spec.nano_cpus / 1e9:g}, pids={spec.pids_limit}, "
+            f"gpus={','.join(spec.gpu_ids) or 'none'}, network=none, user={spec.user}, "
+            f"image={spec.image}",
+            attempt=number,
+        )
+        log.info("job %s attempt %d: running in %s", self.job_id, number, self.container_id[:12])
+        try:
+            report = self._supervise(self.container_id, writer)
+        except RuntimeUnavailable as exc:
+            writer.agent(f"lost the Docker engine: {exc}", attempt=number)
+            return JobStatus.RUNNING, AttemptResult(Outcome.INFRA_ERROR.value, str(exc))
+        if report is None:  # the agent is shutting down
+            return JobStatus.RUNNING, AttemptResult(
+                Outcome.INFRA_ERROR.value, "the agent shut down while the job ran"
+            )
+        outcome, reason = classify(report, memory_limit=format_memory(spec.memory_bytes))
+        if report.engine_error:
+            reason = f"{reason} ({report.engine_error})"
+        return JobStatus.RUNNING, AttemptResult(
+            outcome.value, reason, report.exit_code, report.oom_killed
+        )
+
+    def _stopped_before_start(self) -> AttemptResult:
+        request = self._stop_request
+        if request is not None and request.reason == "cancelled":
+            return AttemptResult(Outcome.CANCELLED.value, f"cancelled by {request.actor}")
+        return AttemptResult(Outcome.INFRA_ERROR.value, "the agent shut down before the start")
+
+    def _supervise(self, container_id: str, writer: JobLogWriter) -> ExitReport | None:
+        """Stream logs and wait; stop the container on cancel or timeout (by our own clock)."""
+        exit_code: list[int] = []
+        failure: list[Exception] = []
+        exited = threading.Event()
+
+        def wait() -> None:
+            try:
+                exit_code.append(self.runtime.wait(container_id))
+            except Exception as exc:
+                failure.append(exc)
+            finally:
+                exited.set()
+
+        def stream() -> None:
+            try:
+                for line in self.runtime.stream_logs(container_id):
+                    writer.container(line.stream, line.timestamp, line.text)
+            except Exception as exc:
+                writer.agent(f"log stream ended early: {exc}", attempt=self.claim.attempt)
+
+        waiter = threading.Thread(target=wait, name=f"wait-{container_id[:12]}", daemon=True)
+        streamer = threading.Thread(target=stream, name=f"logs-{container_id[:12]}", daemon=True)
+        streamer.start()
+        waiter.start()
+        timeout = self.claim.job.timeout_seconds
+        deadline = time.monotonic() + timeout if timeout else None
+        stopped_for: str | None = None
+        while not exited.wait(SUPERVISE_TICK):
+            if stopped_for is not None:
+                continue
+            request = self._stop_request
+            if request is not None:
+                stopped_for = request.reason
+                verb = "cancel requested" if request.reason == "cancelled" else "agent stopping"
+                writer.agent(
+                    f"{verb} by {request.actor}: stopping the container "
+                    f"(SIGTERM, SIGKILL after {self.settings.stop_grace_seconds:g}s)",
+                    attempt=self.claim.attempt,
+                )
+                self._stop_container(container_id)
+            elif deadline is not None and time.monotonic() >= deadline:
+                stopped_for = "timeout"
+                writer.agent(
+                    f"timeout of {timeout}s reached: stopping the container "
+                    f"(SIGTERM, SIGKILL after {self.settings.stop_grace_seconds:g}s)",
+                    attempt=self.claim.attempt,
+                )
+                self._stop_container(container_id)
+        streamer.join(LOG_DRAIN_SECONDS)
+        if failure:
+            raise (
+                failure[0]
+                if isinstance(failure[0], TrainyardError)
+                else RuntimeUnavailable(f"waiting for the container failed: {failure[0]}")
+            )
+        if stopped_for == "shutdown":
+            return None
+        state = self.runtime.inspect(container_id)
+        return ExitReport(
+            exit_code=state.exit_code if state.exit_code >= 0 else exit_code[0],
+            oom_killed=state.oom_killed,
+            engine_error=state.error,
+            cancelled=stopped_for == "cancelled",
+            timed_out=stopped_for == "timeout",
+        )
+
+    def _stop_container(self, container_id: str) -> None:
+        # The engine keeps the SIGTERM → SIGKILL clock; this call returns once it is dead.
+        threading.Thread(
+            target=self._stop_quietly, args=(container_id,), name="stop", daemon=True
+        ).start()
+
+    def _stop_quietly(self, container_id: str) -> None:
+        try:
+            self.runtime.stop(container_id, grace_seconds=self.settings.stop_grace_seconds)
+        except TrainyardError as exc:
+            log.warning("job %s: stop failed: %s", self.job_id, exc)
+
+    def _record(
+        self, writer: JobLogWriter, expected: JobStatus, result: AttemptResult, seconds: float
+    ) -> None:
+        job, number = self.claim.job, self.claim.attempt
+        decision = self.policy.decide(
+            Outcome(result.outcome),
+            exit_code=result.exit_code,
+            retries_used=job.retries_used,
+            max_retries=job.max_retries,
+            infra_retries_used=job.infra_retries_used,
+        )
+        status = self.queue.finish(self.claim, expected, result, decision)
+        ATTEMPTS_FINISHED.labels(result.outcome).inc()
+        ATTEMPT_SECONDS.observe(seconds)
+        summary = f"finished: {result.outcome} ({result.reason})"
+        if decision is not None:
+            summary += f"; retry in {decision.delay_seconds:.1f}s ({decision.reason})"
+        else:
+            summary += f"; job {status.value}"
+        writer.agent(summary, attempt=number)
+        log.info("job %s attempt %d: %s", job.id, number, summary)
+
+    def _remove_container(self, writer: JobLogWriter) -> None:
+        if self.container_id is None:
+            return
+        try:
+            self.runtime.remove(self.container_id)
+            writer.agent(f"container {self.container_id[:12]} removed", attempt=self.claim.attempt)
+        except TrainyardError as exc:
+            # Reconciliation removes it later; the job's result is already stored.
+            log.warning("job %s: could not remove %s: %s", self.job_id, self.container_id, exc)
+
+    # --- the container ---------------------------------------------------------------------------
+
+    def _container_spec(self) -> ContainerSpec:
+        job, number = self.claim.job, self.claim.attempt
+        outputs = self._outputs_dir()
+        env = dict(job.env)
+        env.update(
+            TRAINYARD_JOB_ID=job.id,
+            TRAINYARD_ATTEMPT=str(number),
+            TRAINYARD_RESUME="1" if number > 1 else "0",
+            TRAINYARD_PARAMS=json.dumps(job.params),
+            TRAINYARD_OUTPUT_DIR=OUTPUTS_MOUNT,
+        )
+        return ContainerSpec(
+            name=f"trainyard-{job.id}-{number}",
+            image=job.image,
+            command=job.command,
+            env=env,
+            labels={
+                JOB_LABEL: job.id,
+                ATTEMPT_LABEL: str(number),
+                AGENT_LABEL: self.settings.agent_id,
+            },
+            memory_bytes=job.memory_bytes,
+            nano_cpus=int(job.cpus * 1e9),
+            pids_limit=self.settings.pids_limit,
+            user=self.settings.container_user,
+            gpu_ids=self.claim.gpu_ids,
+            mounts={str(outputs): OUTPUTS_MOUNT},
+        )
+
+    def _outputs_dir(self) -> Path:
+        """The job's own output directory, the same on every attempt, writable by the job."""
+        path = (self.settings.outputs_dir / self.job_id).resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        uid, _, gid = self.settings.container_user.partition(":")
+        if os.geteuid() == 0 and uid.isdigit():
+            os.chown(path, int(uid), int(gid) if gid.isdigit() else int(uid))
+        else:
+            path.chmod(0o777)  # a non-root agent cannot chown; let the container user write
+        return path

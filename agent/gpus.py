@@ -1,0 +1,71 @@
+"""What an agent can hand out: GPU device ids, memory and CPUs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from agent.scheduling import Free
+
+
+def detect_gpu_ids() -> tuple[str, ...]:
+    """GPU indices from nvidia-smi, or none when it is absent or fails."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return ()
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return tuple(line.strip() for line in out.splitlines() if line.strip().isdigit())
+
+
+def configured_gpu_ids(setting: str) -> tuple[str, ...]:
+    if setting == "auto":
+        return detect_gpu_ids()
+    if setting in ("none", ""):
+        return ()
+    return tuple(setting.split(","))
+
+
+def host_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Everything one agent may hand out at once."""
+
+    slots: int
+    memory_bytes: int
+    cpus: float
+    gpu_ids: tuple[str, ...]
+
+    def free_after(self, held: list[tuple[int, float, tuple[str, ...]]]) -> Free:
+        """What is left once the (memory, cpus, gpu ids) already held are taken out."""
+        busy_gpus = {gpu for _, _, gpus in held for gpu in gpus}
+        return Free(
+            slots=self.slots - len(held),
+            memory_bytes=self.memory_bytes - sum(memory for memory, _, _ in held),
+            cpus=self.cpus - sum(cpus for _, cpus, _ in held),
+            gpu_ids=tuple(gpu for gpu in self.gpu_ids if gpu not in busy_gpus),
+        )
+
+
+def local_capacity(
+    *, slots: int, gpus_setting: str, memory_reserve_bytes: int, cpus: float | None = None
+) -> Capacity:
+    return Capacity(
+        slots=slots,
+        memory_bytes=max(0, host_memory_bytes() - memory_reserve_bytes),
+        cpus=float(cpus if cpus is not None else (os.cpu_count() or 1)),
+        gpu_ids=configured_gpu_ids(gpus_setting),
+    )

@@ -1,0 +1,178 @@
+"""Job states, the table of allowed transitions, and the job spec — pure, no I/O."""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from agent.errors import InvalidTransition
+from agent.units import parse_memory
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    STARTING = "starting"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+    @property
+    def is_active(self) -> bool:
+        """Claimed by an agent: a container may exist for it."""
+        return self in (JobStatus.STARTING, JobStatus.RUNNING)
+
+
+FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+# The only moves a job may make. SQL enforces the same table: every status change is
+# `UPDATE jobs SET status=:to WHERE id=:id AND status=:from`.
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.STARTING, JobStatus.CANCELLED}),
+    JobStatus.STARTING: frozenset(
+        {JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.FAILED, JobStatus.CANCELLED}
+    ),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.QUEUED}
+    ),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+
+def can_transition(current: JobStatus, target: JobStatus) -> bool:
+    return target in TRANSITIONS[current]
+
+
+def check_transition(current: JobStatus, target: JobStatus) -> None:
+    if not can_transition(current, target):
+        raise InvalidTransition(f"a {current.value} job cannot become {target.value}")
+
+
+class Outcome(StrEnum):
+    """How one attempt (one container run) ended."""
+
+    SUCCEEDED = "succeeded"
+    USER_ERROR = "user_error"
+    OOM = "oom"
+    CUDA_OOM = "cuda_oom"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    CONFIG_ERROR = "config_error"
+    INFRA_ERROR = "infra_error"
+
+
+# --- the job spec a user submits -------------------------------------------------------------
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Docker image reference: [registry[:port]/]name[:tag][@digest], lower-case path components.
+_IMAGE_REF = re.compile(
+    r"^(?:[a-zA-Z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+MIN_MEMORY_BYTES = 6 * 1024 * 1024  # Docker refuses limits below 6 MiB
+MAX_SPEC_JSON_BYTES = 64 * 1024
+RESERVED_ENV_PREFIX = "TRAINYARD_"
+
+JobName = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
+
+
+class Resources(BaseModel):
+    """What one container may use."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    memory: str | None = Field(
+        default=None,
+        description="Memory limit like Docker's --memory: '512m', '4g'. Swap is never above it.",
+        examples=["4g"],
+    )
+    cpus: float | None = Field(default=None, gt=0, le=1024, description="CPU cores, e.g. 1.5")
+    gpus: int = Field(default=0, ge=0, le=64, description="Number of whole GPUs.")
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        size = parse_memory(value)
+        if size < MIN_MEMORY_BYTES:
+            raise ValueError("memory must be at least 6m (Docker's smallest limit)")
+        return value.strip().lower()
+
+
+class JobSpec(BaseModel):
+    """A training job as a user submits it to `POST /jobs`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: JobName | None = Field(
+        default=None, description="A label for people; need not be unique."
+    )
+    image: str | None = Field(
+        default=None,
+        max_length=512,
+        description="Docker image; defaults to the Trainyard training image.",
+        examples=["trainyard/train:latest"],
+    )
+    command: list[Annotated[str, StringConstraints(max_length=4096)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Replaces the image's CMD, as in Docker (exec form, a list of strings).",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Hyper-parameters, handed to the container as JSON in TRAINYARD_PARAMS.",
+        examples=[{"epochs": 3, "batch_size": 16}],
+    )
+    env: dict[str, Annotated[str, StringConstraints(max_length=32768)]] = Field(
+        default_factory=dict, description="Extra environment variables for the container."
+    )
+    resources: Resources = Field(default_factory=Resources)
+    timeout_seconds: int | None = Field(default=None, ge=1, le=30 * 24 * 3600)
+    max_retries: int | None = Field(default=None, ge=0, le=100)
+    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first.")
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not _IMAGE_REF.match(value):
+            raise ValueError(
+                "image must be a Docker image reference like 'trainyard/train:latest' "
+                "or 'registry:5000/team/model@sha256:<digest>'"
+            )
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not _ENV_NAME.match(key):
+                raise ValueError(f"env name {key!r} must match [A-Za-z_][A-Za-z0-9_]*")
+            if key.upper().startswith(RESERVED_ENV_PREFIX):
+                raise ValueError(f"env name {key!r}: names starting with TRAINYARD_ are reserved")
+        return value
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            encoded = json.dumps(value, allow_nan=False)
+        except ValueError as exc:
+            raise ValueError("params must be plain JSON (no NaN or Infinity)") from exc
+        if len(encoded) > MAX_SPEC_JSON_BYTES:
+            raise ValueError(f"params must encode to at most {MAX_SPEC_JSON_BYTES} bytes of JSON")
+        return value

@@ -1,0 +1,511 @@
+"""Per-job log files: writing with size-based rotation, tail and follow.
+
+Every physical line of a job log is one record::
+
+    <timestamp> <source> <text>
+
+``timestamp`` is UTC RFC 3339 with exactly nine fractional digits (30 characters, e.g.
+``2026-11-22T10:00:00.123456789Z``), so lines sort and parse the same way whatever produced
+them. ``source`` is padded to six characters: ``agent ``, ``stdout`` or ``stderr``. ``text``
+never contains a newline or a carriage return.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, NamedTuple, Self
+
+__all__ = [
+    "MAX_LINE_BYTES",
+    "JobLogWriter",
+    "LogLine",
+    "follow",
+    "job_log_path",
+    "parse_line",
+    "rotated_files",
+    "tail",
+]
+
+MAX_LINE_BYTES = 64 * 1024
+"""Longest ``text`` (UTF-8 bytes) kept for one record; the rest is replaced by a marker."""
+
+_SOURCES = ("agent", "stdout", "stderr")
+_CONTAINER_SOURCES = frozenset({"stdout", "stderr"})
+_TIMESTAMP_LEN = 30
+_TEXT_OFFSET = _TIMESTAMP_LEN + 8  # timestamp, space, 6-char source, space
+
+_JOB_ID = re.compile(r"[0-9a-fA-F]{1,128}")
+_RFC3339 = re.compile(
+    r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})",
+)
+_NORMALIZED = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{9}Z")
+
+_BLOCK = 64 * 1024
+_MAX_BACKUPS = 1000
+_RESUME_WINDOW = 64 * 1024
+_RESUME_SCAN_LIMIT = 1024 * 1024
+_TAIL_ATTEMPTS = 5
+
+
+def job_log_path(log_dir: Path, job_id: str) -> Path:
+    """Return ``<log_dir>/jobs/<job_id>.log``; ``job_id`` must be a hex string."""
+    if not _JOB_ID.fullmatch(job_id):
+        raise ValueError(f"invalid job id {job_id!r}: expected a hex string")
+    return log_dir / "jobs" / f"{job_id}.log"
+
+
+class LogLine(NamedTuple):
+    timestamp: str
+    source: str
+    text: str
+
+
+def parse_line(line: str) -> LogLine | None:
+    """Split one log line into its fields, or return None if it is not in the job log format."""
+    timestamp = line[:_TIMESTAMP_LEN]
+    source = line[_TIMESTAMP_LEN + 1 : _TEXT_OFFSET - 1].rstrip(" ")
+    if (
+        len(line) < _TEXT_OFFSET
+        or line[_TIMESTAMP_LEN] != " "
+        or line[_TEXT_OFFSET - 1] != " "
+        or source not in _SOURCES
+        or not _NORMALIZED.fullmatch(timestamp)
+    ):
+        return None
+    return LogLine(timestamp, source, line[_TEXT_OFFSET:])
+
+
+def _now_timestamp() -> str:
+    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{nanos:09d}Z"
+
+
+def _normalize_timestamp(value: str) -> str | None:
+    """Return ``value`` as UTC with nine fractional digits, or None if it is not RFC 3339.
+
+    Docker already sends ``...T10:00:00.123456789Z``; shorter fractions and numeric offsets
+    are accepted too, keeping every digit of precision.
+    """
+    match = _RFC3339.fullmatch(value.strip())
+    if match is None:
+        return None
+    base, fraction, zone = match.groups()
+    try:
+        moment = datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone))
+    except ValueError:
+        return None
+    base = moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{base}.{(fraction or '').ljust(9, '0')}Z"
+
+
+def _split_text(text: str) -> list[str]:
+    """One piece per physical line: drop one trailing newline, all CRs, split on LF."""
+    if text.endswith("\n"):
+        text = text[:-1]
+    return text.replace("\r", "").split("\n")
+
+
+def _truncate(text: str) -> str:
+    if len(text) * 6 <= MAX_LINE_BYTES:  # a char is at most 6 bytes once backslash-escaped
+        return text
+    data = text.encode("utf-8", "backslashreplace")
+    if len(data) <= MAX_LINE_BYTES:
+        return text
+    kept = data[:MAX_LINE_BYTES].decode("utf-8", "ignore")
+    dropped = len(data) - len(kept.encode("utf-8"))
+    return f"{kept} …[truncated {dropped} bytes]"
+
+
+class _RotatingHandler(logging.handlers.RotatingFileHandler):
+    """Never rolls an empty file over, so one oversized line cannot push history out."""
+
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
+        if not super().shouldRollover(record):
+            return False
+        return self.stream is not None and self.stream.tell() > 0
+
+
+class JobLogWriter:
+    """Appends a job's whole story to ``logs/jobs/<job_id>.log``.
+
+    Records go straight to a ``RotatingFileHandler`` (not through the logging tree), one
+    ``write`` + flush per line, so rotation only ever happens between whole lines. Safe to use
+    from several threads; the pieces of one multi-line call stay together.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int = 10 * 1024 * 1024,
+        backup_count: int = 5,
+    ) -> None:
+        if max_bytes < 0 or backup_count < 0:
+            raise ValueError("max_bytes and backup_count must not be negative")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._last_container_timestamp = _scan_last_container_timestamp(self.path)
+        self._lock = threading.RLock()
+        self._closed = False
+        self._handler = _RotatingHandler(
+            self.path,
+            maxBytes=max_bytes,
+            backupCount=backup_count,
+            encoding="utf-8",
+            delay=False,
+            errors="backslashreplace",
+        )
+        self._handler.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def last_container_timestamp(self) -> str | None:
+        """Newest Docker timestamp written (normalized), to resume streaming after a restart."""
+        return self._last_container_timestamp
+
+    def agent(self, message: str, *, attempt: int | None = None) -> None:
+        """Write an agent message stamped with the current UTC time."""
+        prefix = "" if attempt is None else f"[attempt {attempt}] "
+        pieces = [prefix + piece for piece in _split_text(message)]
+        self._write(_now_timestamp(), "agent", pieces)
+
+    def container(self, stream: str, timestamp: str, text: str) -> None:
+        """Write container output; ``timestamp`` is Docker's RFC3339Nano string.
+
+        A timestamp that does not parse is replaced by the current time and does not count
+        for ``last_container_timestamp``.
+        """
+        if stream not in _CONTAINER_SOURCES:
+            raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
+        normalized = _normalize_timestamp(timestamp)
+        pieces = _split_text(text)
+        with self._lock:
+            self._write(normalized or _now_timestamp(), stream, pieces)
+            last = self._last_container_timestamp
+            if normalized is not None and (last is None or normalized > last):
+                self._last_container_timestamp = normalized
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._handler.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._handler.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _write(self, timestamp: str, source: str, pieces: list[str]) -> None:
+        head = f"{timestamp} {source:<6} "
+        with self._lock:
+            if self._closed:
+                raise ValueError(f"log writer for {self.path} is closed")
+            for piece in pieces:
+                record = logging.makeLogRecord({"msg": head + _truncate(piece)})
+                self._handler.handle(record)
+
+
+def _scan_last_container_timestamp(path: Path) -> str | None:
+    """Newest container timestamp near the end of ``path``, else of ``path.1``."""
+    for candidate in (path, _backup(path, 1)):
+        try:
+            with candidate.open("rb") as fh:
+                found = _newest_container_timestamp(fh, os.fstat(fh.fileno()).st_size)
+        except FileNotFoundError:
+            continue
+        if found is not None:
+            return found
+    return None
+
+
+def _newest_container_timestamp(fh: BinaryIO, end: int) -> str | None:
+    """Stdout and stderr interleave, so take the max over a window, not just the last line."""
+    newest: str | None = None
+    consumed = 0
+    for raw in _reverse_lines(fh, end):
+        consumed += len(raw) + 1
+        parsed = parse_line(raw.decode("utf-8", "replace"))
+        if parsed is not None and parsed.source in _CONTAINER_SOURCES:
+            newest = max(newest or parsed.timestamp, parsed.timestamp)
+        if consumed >= (_RESUME_WINDOW if newest else _RESUME_SCAN_LIMIT):
+            break
+    return newest
+
+
+def _backup(path: Path, index: int) -> Path:
+    return path.with_name(f"{path.name}.{index}")
+
+
+def _backup_paths(path: Path) -> Iterator[Path]:
+    """Existing ``path.1``, ``path.2``, ... newest first.
+
+    A single missing number is tolerated: while RotatingFileHandler shifts files up there is
+    briefly one hole in the sequence.
+    """
+    missing = 0
+    for index in range(1, _MAX_BACKUPS + 1):
+        candidate = _backup(path, index)
+        if candidate.exists():
+            missing = 0
+            yield candidate
+        else:
+            missing += 1
+            if missing == 2:
+                return
+
+
+def rotated_files(path: Path) -> list[Path]:
+    """Existing files of a log, oldest first: ``path.N`` ... ``path.1``, ``path``."""
+    files = list(_backup_paths(path))
+    files.reverse()
+    if path.exists():
+        files.append(path)
+    return files
+
+
+def _reverse_lines(fh: BinaryIO, end: int) -> Iterator[bytes]:
+    """Yield the complete lines of ``fh[:end]`` newest first, without their newlines.
+
+    Reads backwards in blocks; bytes after the last newline (a line still being written) are
+    skipped.
+    """
+    pos = end
+    carry = b""
+    seen_newline = False
+    while pos > 0:
+        start = max(0, pos - _BLOCK)
+        fh.seek(start)
+        block = fh.read(pos - start)
+        pos = start
+        pieces = (block + carry).split(b"\n")
+        carry = pieces[0]
+        for piece in reversed(pieces[1:]):
+            if seen_newline:
+                yield piece
+            seen_newline = True
+    if seen_newline:
+        yield carry
+
+
+def _line_boundary(fh: BinaryIO, end: int) -> int:
+    """Offset just after the last newline in ``fh[:end]`` (0 if there is none)."""
+    pos = end
+    while pos > 0:
+        start = max(0, pos - _BLOCK)
+        fh.seek(start)
+        found = fh.read(pos - start).rfind(b"\n")
+        if found >= 0:
+            return start + found + 1
+        pos = start
+    return 0
+
+
+def _open(path: Path) -> BinaryIO | None:
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        return None
+
+
+def _collect_tail(path: Path, n: int, head: BinaryIO | None, head_end: int) -> list[str]:
+    """Newest ``n`` lines of ``head[:head_end]`` and then of the rotated files, oldest first.
+
+    Backups are probed upwards skipping files already read: if a rotation happens meanwhile,
+    everything shifts up by one name, so the next unseen file is still the right one.
+    """
+    newest_first: list[bytes] = []
+    seen: set[int] = set()
+    if head is not None:
+        seen.add(os.fstat(head.fileno()).st_ino)
+        newest_first.extend(_take(_reverse_lines(head, head_end), n))
+    for backup in _backup_paths(path):
+        if len(newest_first) >= n:
+            break
+        fh = _open(backup)
+        if fh is None:
+            continue
+        with fh:
+            stat = os.fstat(fh.fileno())
+            if stat.st_ino in seen:
+                continue
+            seen.add(stat.st_ino)
+            wanted = n - len(newest_first)
+            newest_first.extend(_take(_reverse_lines(fh, stat.st_size), wanted))
+    newest_first.reverse()
+    return [line.decode("utf-8", "replace") for line in newest_first]
+
+
+def _take(lines: Iterator[bytes], n: int) -> list[bytes]:
+    taken: list[bytes] = []
+    for line in lines:
+        if len(taken) >= n:
+            break
+        taken.append(line)
+    return taken
+
+
+def tail(path: Path, n: int) -> list[str]:
+    """Last ``n`` complete lines of the log and its rotations, oldest first, without newlines."""
+    if n <= 0:
+        return []
+    head = _open(path)
+    if head is None:
+        return _collect_tail(path, n, None, 0)
+    with head:
+        return _collect_tail(path, n, head, os.fstat(head.fileno()).st_size)
+
+
+def follow(
+    path: Path,
+    *,
+    from_lines: int = 0,
+    poll_interval: float = 0.2,
+    stop: Callable[[], bool] | None = None,
+    idle_timeout: float | None = None,
+) -> Iterator[str]:
+    """Yield the last ``from_lines`` lines, then every complete line appended, like ``tail -F``.
+
+    Survives rotation (the old file is read to its end before moving to its successor), waits
+    for a file that does not exist yet, and holds back a partial last line until it is
+    complete. Ends when ``stop()`` is true (after yielding what was already written) or when no
+    new data arrived for ``idle_timeout`` seconds. Closing the generator releases the file.
+    """
+    follower = _Follower(Path(path))
+    try:
+        yield from follower.start(from_lines)
+        last_data = time.monotonic()
+        while True:
+            stopping = stop is not None and stop()
+            yield from follower.drain()
+            if stopping:
+                return
+            now = time.monotonic()
+            if follower.got_bytes:
+                last_data = now
+            elif idle_timeout is not None and now - last_data >= idle_timeout:
+                return
+            time.sleep(poll_interval)
+    finally:
+        follower.close()
+
+
+class _Follower:
+    """State of one ``follow`` call: the open file, its inode and a held-back partial line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fh: BinaryIO | None = None
+        self.inode = 0
+        self.partial = b""
+        self.got_bytes = False
+
+    def start(self, from_lines: int) -> list[str]:
+        """Open the current file at its last line boundary; return the lines before it."""
+        self.fh = _open(self.path)
+        if self.fh is None:
+            return tail(self.path, from_lines)
+        stat = os.fstat(self.fh.fileno())
+        self.inode = stat.st_ino
+        boundary = _line_boundary(self.fh, stat.st_size)
+        lines = _collect_tail(self.path, from_lines, self.fh, boundary) if from_lines > 0 else []
+        self.fh.seek(boundary)
+        return lines
+
+    def drain(self) -> Iterator[str]:
+        """Read everything written so far, following rotations, then return."""
+        self.got_bytes = False
+        if self.fh is None:
+            self._switch(_open(self.path))
+        while self.fh is not None:
+            yield from self._read_to_end()
+            current = _inode(self.path)
+            if current == self.inode:
+                self._check_truncated()
+                return
+            # Rotated away (or deleted): anything written before the rename is in our handle.
+            yield from self._read_to_end()
+            if self.partial:
+                yield self.partial.decode("utf-8", "replace")
+                self.partial = b""
+            successor = self._open_successor() if current is not None else None
+            if successor is None:
+                return  # mid-rotation or deleted: keep the old handle, look again next poll
+            self._switch(successor)
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+
+    def _switch(self, fh: BinaryIO | None) -> None:
+        self.close()
+        self.fh = fh
+        self.partial = b""
+        if fh is not None:
+            self.inode = os.fstat(fh.fileno()).st_ino
+
+    def _read_to_end(self) -> Iterator[str]:
+        assert self.fh is not None
+        while data := self.fh.read(_BLOCK):
+            self.got_bytes = True
+            pieces = (self.partial + data).split(b"\n")
+            self.partial = pieces.pop()
+            for piece in pieces:
+                yield piece.decode("utf-8", "replace")
+
+    def _check_truncated(self) -> None:
+        assert self.fh is not None
+        if os.fstat(self.fh.fileno()).st_size < self.fh.tell():
+            self.fh.seek(0)
+            self.partial = b""
+
+    def _open_successor(self) -> BinaryIO | None:
+        """Open the file written right after ours: the next newer name in the rotation chain.
+
+        The chain is only trusted if no rotation finished while we looked (the current file's
+        inode did not change). If our file is gone, the oldest one left is the successor.
+        """
+        for _ in range(_TAIL_ATTEMPTS):
+            before = _inode(self.path)
+            if before is None:
+                return None
+            chain = [(p, _inode(p)) for p in [self.path, *_backup_paths(self.path)]]
+            chain = [(p, ino) for p, ino in chain if ino is not None]
+            inodes = [ino for _, ino in chain]
+            index = inodes.index(self.inode) if self.inode in inodes else len(chain)
+            if index == 0:
+                return None
+            candidate, expected = chain[index - 1]
+            fh = _open(candidate)
+            if fh is not None:
+                if os.fstat(fh.fileno()).st_ino == expected and _inode(self.path) == before:
+                    return fh
+                fh.close()
+        return None
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None

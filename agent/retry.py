@@ -1,0 +1,62 @@
+"""Which failed attempts are worth another try, and when — pure."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from agent.jobs import Outcome
+
+RETRYABLE_BY_DEFAULT = frozenset({Outcome.USER_ERROR, Outcome.CUDA_OOM})
+
+
+@dataclass(frozen=True)
+class RetryDecision:
+    delay_seconds: float
+    uses_job_budget: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter.
+
+    User-visible failures spend the job's own `max_retries`; platform failures (`infra_error`)
+    spend a separate, larger budget, because the job did nothing wrong.
+    """
+
+    base_delay: float = 5.0
+    factor: float = 2.0
+    max_delay: float = 600.0
+    jitter: float = 0.1
+    infra_budget: int = 10
+    rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
+
+    def delay(self, retry_number: int) -> float:
+        """Delay before retry number `retry_number` (1-based)."""
+        raw = min(self.max_delay, self.base_delay * self.factor ** max(0, retry_number - 1))
+        spread = raw * self.jitter
+        return max(0.0, raw + self.rng.uniform(-spread, spread))
+
+    def decide(
+        self,
+        outcome: Outcome,
+        *,
+        exit_code: int | None,
+        retries_used: int,
+        max_retries: int,
+        infra_retries_used: int,
+    ) -> RetryDecision | None:
+        """Return how to retry, or None when the outcome is final."""
+        if outcome is Outcome.INFRA_ERROR:
+            if infra_retries_used >= self.infra_budget:
+                return None
+            n = infra_retries_used + 1
+            return RetryDecision(
+                self.delay(n), False, f"platform failure, retry {n} of {self.infra_budget}"
+            )
+        if outcome not in RETRYABLE_BY_DEFAULT or retries_used >= max_retries:
+            return None
+        n = retries_used + 1
+        what = f"exit code {exit_code}" if outcome is Outcome.USER_ERROR else outcome.value
+        return RetryDecision(self.delay(n), True, f"{what}, retry {n} of {max_retries}")

@@ -1,0 +1,218 @@
+"""The agent loop: claim what fits → run it → record → retry or finish; renew leases; drain."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+
+from agent.config import Settings
+from agent.db.queue import JobQueue
+from agent.errors import RuntimeUnavailable, TrainyardError
+from agent.execution import AttemptExecution
+from agent.gpus import Capacity
+from agent.metrics import RUNNING_ATTEMPTS
+from agent.reconcile import reconcile
+from agent.retry import RetryPolicy
+from agent.runtime.docker_runner import DockerRunner
+from agent.scheduling import Free
+
+log = logging.getLogger("trainyard.agent")
+
+CANCEL_POLL_SECONDS = 1.0
+ENGINE_RETRY_SECONDS = 2.0
+
+
+class Agent:
+    """Claims jobs that fit this host and runs each in its own thread."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        queue: JobQueue,
+        runtime: DockerRunner,
+        capacity: Capacity,
+        *,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.runtime = runtime
+        self.capacity = capacity
+        self.policy = policy or RetryPolicy(
+            base_delay=settings.retry_backoff_seconds, max_delay=settings.retry_backoff_max_seconds
+        )
+        self.lease_seconds = settings.lease_seconds
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._running: dict[str, tuple[AttemptExecution, threading.Thread]] = {}
+        self._thread: threading.Thread | None = None
+        self._engine_error: str | None = None
+        self._engine_checked = 0.0
+        self._reconcile_pending = False
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._reconcile_until_done()
+        self._thread = threading.Thread(target=self._loop, name="agent-loop", daemon=True)
+        self._thread.start()
+        log.info(
+            "agent %s started: %d slots, %.1f GiB, %g cpus, gpus=%s",
+            self.settings.agent_id,
+            self.capacity.slots,
+            self.capacity.memory_bytes / 2**30,
+            self.capacity.cpus,
+            ",".join(self.capacity.gpu_ids) or "none",
+        )
+
+    def stop(self, *, timeout: float | None = None) -> None:
+        """Stop claiming; stop running containers (they are requeued) and wait for them."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self._lock:
+            running = list(self._running.values())
+        for execution, _ in running:
+            execution.request_stop("shutdown", f"agent {self.settings.agent_id}")
+        for _, thread in running:
+            thread.join(timeout)
+        self.runtime.close()
+
+    def wake(self) -> None:
+        """New work may be claimable (called in-process on submit): no polling delay."""
+        self._wake.set()
+
+    def cancel(self, job_id: str, actor: str) -> bool:
+        """Fast path for a job running in this process; the DB poll covers every other case."""
+        with self._lock:
+            entry = self._running.get(job_id)
+        if entry is None:
+            return False
+        entry[0].request_stop("cancelled", actor)
+        return True
+
+    @property
+    def engine_error(self) -> str | None:
+        return self._engine_error
+
+    def running_job_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._running)
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        last_cancel_poll = 0.0
+        while not self._stopping.is_set():
+            try:
+                now = time.monotonic()
+                if now - last_cancel_poll >= CANCEL_POLL_SECONDS:
+                    last_cancel_poll = now
+                    self._poll_cancels_and_renew()
+                if self._engine_ready():
+                    self._fill()
+            except TrainyardError as exc:
+                log.warning("agent loop: %s", exc)
+            except Exception:
+                log.exception("agent loop failed; continuing")
+            self._wake.wait(self._sleep_seconds())
+            self._wake.clear()
+
+    def _sleep_seconds(self) -> float:
+        sleep = min(self.settings.poll_interval, CANCEL_POLL_SECONDS)
+        try:
+            due = self.queue.next_due()
+        except Exception:
+            return sleep
+        if due is not None:
+            sleep = min(sleep, max(0.0, (due - datetime.now(UTC)).total_seconds()))
+        return sleep
+
+    def _engine_ready(self) -> bool:
+        if self._engine_error is None:
+            return True
+        if time.monotonic() - self._engine_checked < ENGINE_RETRY_SECONDS:
+            return False
+        return self.check_engine()
+
+    def check_engine(self) -> bool:
+        self._engine_checked = time.monotonic()
+        try:
+            self.runtime.ping()
+        except RuntimeUnavailable as exc:
+            if self._engine_error is None:
+                log.error("Docker engine unavailable: %s", exc)
+            self._engine_error = str(exc)
+            return False
+        if self._engine_error is not None:
+            log.info("Docker engine is back")
+        self._engine_error = None
+        if self._reconcile_pending:
+            self._reconcile_until_done()
+        return self._engine_error is None
+
+    def _free(self) -> Free:
+        with self._lock:
+            held = [
+                (ex.claim.job.memory_bytes, ex.claim.job.cpus, ex.claim.gpu_ids)
+                for ex, _ in self._running.values()
+            ]
+        return self.capacity.free_after(held)
+
+    def _fill(self) -> None:
+        while not self._stopping.is_set():
+            free = self._free()
+            if free.slots <= 0:
+                return
+            claim = self.queue.claim(self.settings.agent_id, free, lease_seconds=self.lease_seconds)
+            if claim is None:
+                return
+            execution = AttemptExecution(
+                claim,
+                settings=self.settings,
+                queue=self.queue,
+                runtime=self.runtime,
+                policy=self.policy,
+                on_done=self._finished,
+            )
+            thread = threading.Thread(
+                target=execution.run, name=f"job-{claim.job.id[:8]}-{claim.attempt}", daemon=True
+            )
+            with self._lock:
+                self._running[claim.job.id] = (execution, thread)
+                RUNNING_ATTEMPTS.set(len(self._running))
+            thread.start()
+
+    def _finished(self, execution: AttemptExecution) -> None:
+        with self._lock:
+            self._running.pop(execution.job_id, None)
+            RUNNING_ATTEMPTS.set(len(self._running))
+        if self._engine_error is None and execution.container_id is None:
+            self.check_engine()
+        self._wake.set()
+
+    def _poll_cancels_and_renew(self) -> None:
+        with self._lock:
+            entries = {job_id: entry[0] for job_id, entry in self._running.items()}
+        if not entries:
+            return
+        for job_id, actor in self.queue.cancel_requested(entries).items():
+            entries[job_id].request_stop("cancelled", actor)
+        self.queue.renew_leases(
+            self.settings.agent_id,
+            [ex.claim.lease_token for ex in entries.values()],
+            lease_seconds=self.lease_seconds,
+        )
+
+    def _reconcile_until_done(self) -> None:
+        self._reconcile_pending = True
+        try:
+            reconcile(self.settings, self.queue, self.runtime, self.policy)
+            self._reconcile_pending = False
+        except RuntimeUnavailable as exc:
+            self._engine_error = str(exc)
+            log.error("reconcile postponed, Docker engine unavailable: %s", exc)

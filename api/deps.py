@@ -1,0 +1,24 @@
+"""`Annotated` dependency aliases: routes ask for what they need by type."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from agent.config import Settings
+from agent.service import TrainyardService
+
+
+def get_service(request: Request) -> TrainyardService:
+    service: TrainyardService = request.app.state.service
+    return service
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+ServiceDep = Annotated[TrainyardService, Depends(get_service)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

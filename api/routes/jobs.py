@@ -1,0 +1,80 @@
+"""/jobs: submit, list, get, cancel, events, logs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response, status
+from fastapi.responses import PlainTextResponse, StreamingResponse
+
+from agent.jobs import JobSpec, JobStatus
+from api.deps import ServiceDep
+from api.schemas import EventOut, JobOut, JobPage
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="A job id (32 hex digits).")]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobOut)
+def submit_job(spec: JobSpec, service: ServiceDep, response: Response) -> JobOut:
+    """Queue a training job. 429 when the queue is at its bound."""
+    job = service.submit(spec)
+    response.headers["Location"] = f"/jobs/{job.id}"
+    return JobOut.of(job)
+
+
+@router.get("", response_model=JobPage)
+def list_jobs(
+    service: ServiceDep,
+    status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobPage:
+    """Jobs, newest first."""
+    jobs, total = service.list_jobs(status=status_filter, limit=limit, offset=offset)
+    return JobPage(items=[JobOut.of(j) for j in jobs], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job_id: JobId, service: ServiceDep) -> JobOut:
+    return JobOut.of(service.get(job_id), with_attempts=True)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut)
+def cancel_job(job_id: JobId, service: ServiceDep) -> JobOut:
+    """Cancel a queued job at once; stop a running one's container (SIGTERM, then SIGKILL)."""
+    return JobOut.of(service.cancel(job_id, actor="api"), with_attempts=True)
+
+
+@router.get("/{job_id}/events", response_model=list[EventOut])
+def job_events(job_id: JobId, service: ServiceDep) -> list[EventOut]:
+    """The job's audit trail: every state change, who made it and why."""
+    return [EventOut.of(e) for e in service.events(job_id)]
+
+
+@router.get(
+    "/{job_id}/logs",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+def job_logs(
+    job_id: JobId,
+    service: ServiceDep,
+    tail: Annotated[int, Query(ge=1, le=100_000, description="How many last lines.")] = 100,
+    follow: Annotated[
+        bool, Query(description="Keep streaming new lines until the job ends.")
+    ] = False,
+) -> Response:
+    """The job's log (agent lines and the container's stdout/stderr), across rotated files."""
+    if not follow:
+        lines = service.log_tail(job_id, tail)
+        return PlainTextResponse("".join(f"{line}\n" for line in lines))
+    lines_iter = service.log_follow(job_id, from_lines=tail)
+
+    def body() -> Iterator[str]:
+        for line in lines_iter:
+            yield f"{line}\n"
+
+    return StreamingResponse(body(), media_type="text/plain; charset=utf-8")

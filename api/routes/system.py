@@ -1,0 +1,33 @@
+"""/stats, /health, /metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from agent.metrics import REGISTRY
+from api.deps import ServiceDep, SettingsDep
+from api.schemas import HealthOut, StatsOut
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/stats", response_model=StatsOut)
+def stats(service: ServiceDep, settings: SettingsDep) -> StatsOut:
+    """Jobs by status, success rate, mean queue wait and run time."""
+    return StatsOut.of(service.stats(), settings.max_queued)
+
+
+@router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
+def health(service: ServiceDep) -> JSONResponse:
+    """200 when the database and the Docker engine answer; 503 with the reason otherwise."""
+    result = service.health()
+    body = HealthOut(status="ok" if result.ok else "unhealthy", checks=result.checks)
+    return JSONResponse(body.model_dump(), status_code=200 if result.ok else 503)
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(service: ServiceDep) -> Response:
+    service.stats()  # refresh the queue-depth gauge
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

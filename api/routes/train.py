@@ -1,0 +1,25 @@
+"""The original system's endpoints, kept so existing scripts keep working."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from agent.jobs import JobSpec
+from api.deps import ServiceDep
+from api.routes.jobs import JobId
+from api.schemas import JobOut, TrainAccepted, TrainRequest
+
+router = APIRouter(prefix="/train", tags=["train (original API)"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=TrainAccepted)
+def train(request: TrainRequest, service: ServiceDep) -> TrainAccepted:
+    """Queue a job on the default training image with these hyper-parameters."""
+    job = service.submit(JobSpec(params=request.params()))
+    return TrainAccepted(**JobOut.of(job).model_dump(), task_id=job.id)
+
+
+@router.get("/{task_id}", response_model=JobOut)
+def train_status(task_id: JobId, service: ServiceDep) -> JobOut:
+    """Same as GET /jobs/{id}."""
+    return JobOut.of(service.get(task_id), with_attempts=True)

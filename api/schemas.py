@@ -1,0 +1,190 @@
+"""Response shapes and the original `/train` request."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agent.jobs import JobStatus
+from agent.records import Attempt, Event, Job, Stats
+from agent.units import format_memory
+
+
+class ResourcesOut(BaseModel):
+    memory: str
+    memory_bytes: int
+    cpus: float
+    gpus: int
+
+
+class AttemptOut(BaseModel):
+    number: int
+    agent_id: str
+    container_id: str | None
+    gpu_ids: list[str]
+    claimed_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    exit_code: int | None
+    oom_killed: bool | None
+    outcome: str | None
+    reason: str | None
+
+    @classmethod
+    def of(cls, attempt: Attempt) -> AttemptOut:
+        return cls(
+            number=attempt.number,
+            agent_id=attempt.agent_id,
+            container_id=attempt.container_id,
+            gpu_ids=attempt.gpu_ids,
+            claimed_at=attempt.claimed_at,
+            started_at=attempt.started_at,
+            finished_at=attempt.finished_at,
+            exit_code=attempt.exit_code,
+            oom_killed=attempt.oom_killed,
+            outcome=attempt.outcome,
+            reason=attempt.reason,
+        )
+
+
+class JobOut(BaseModel):
+    id: str
+    status: JobStatus
+    name: str
+    image: str
+    command: list[str] | None
+    params: dict[str, Any]
+    env: dict[str, str]
+    resources: ResourcesOut
+    timeout_seconds: int | None
+    max_retries: int
+    priority: int
+    outcome: str | None = Field(description="How the latest attempt ended.")
+    exit_code: int | None
+    reason: str | None
+    attempt_count: int
+    retries_used: int
+    next_attempt_at: datetime | None = Field(description="When a scheduled retry may start.")
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    agent_id: str | None
+    cancel_requested_at: datetime | None
+    cancel_requested_by: str | None
+    attempts: list[AttemptOut] | None = Field(
+        default=None, description="Every container run (only on GET /jobs/{id})."
+    )
+
+    @classmethod
+    def of(cls, job: Job, *, with_attempts: bool = False) -> JobOut:
+        return cls(
+            id=job.id,
+            status=job.status,
+            name=job.name,
+            image=job.image,
+            command=job.command,
+            params=job.params,
+            env=job.env,
+            resources=ResourcesOut(
+                memory=format_memory(job.memory_bytes),
+                memory_bytes=job.memory_bytes,
+                cpus=job.cpus,
+                gpus=job.gpus,
+            ),
+            timeout_seconds=job.timeout_seconds,
+            max_retries=job.max_retries,
+            priority=job.priority,
+            outcome=job.outcome,
+            exit_code=job.exit_code,
+            reason=job.reason,
+            attempt_count=job.attempt_count,
+            retries_used=job.retries_used,
+            next_attempt_at=job.not_before if job.status is JobStatus.QUEUED else None,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            agent_id=job.agent_id,
+            cancel_requested_at=job.cancel_requested_at,
+            cancel_requested_by=job.cancel_requested_by,
+            attempts=[AttemptOut.of(a) for a in job.attempts] if with_attempts else None,
+        )
+
+
+class TrainAccepted(JobOut):
+    task_id: str = Field(description="Same as `id`; the original system's name for it.")
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class EventOut(BaseModel):
+    id: int
+    at: datetime
+    kind: str
+    from_status: str | None
+    to_status: str | None
+    attempt: int | None
+    actor: str
+    message: str
+
+    @classmethod
+    def of(cls, event: Event) -> EventOut:
+        return cls(**event.__dict__)
+
+
+class StatsOut(BaseModel):
+    counts: dict[str, int]
+    total: int
+    success_rate: float | None = Field(description="succeeded / (succeeded + failed)")
+    mean_queue_wait_seconds: float | None
+    mean_run_seconds: float | None
+    queue_bound: int
+
+    @classmethod
+    def of(cls, stats: Stats, queue_bound: int) -> StatsOut:
+        return cls(**stats.__dict__, queue_bound=queue_bound)
+
+
+class HealthOut(BaseModel):
+    status: str
+    checks: dict[str, dict[str, Any]]
+
+
+class TrainRequest(BaseModel):
+    """The original system's request: hyper-parameters for the default training image.
+
+    Known fields are checked; any other scalar field is passed to the job as a parameter too.
+    """
+
+    model_config = ConfigDict(
+        extra="allow", json_schema_extra={"examples": [{"epochs": 3, "batch_size": 16}]}
+    )
+
+    epochs: int = Field(default=5, ge=1, le=100_000)
+    batch_size: int = Field(default=32, ge=1, le=1_000_000)
+    learning_rate: float | None = Field(default=None, gt=0, le=100)
+
+    @model_validator(mode="after")
+    def _extras_are_scalars(self) -> TrainRequest:
+        for key, value in (self.model_extra or {}).items():
+            if not isinstance(value, str | int | float | bool):
+                raise ValueError(
+                    f"{key}: extra /train parameters must be strings, numbers or booleans; "
+                    "use POST /jobs with 'params' for structured values"
+                )
+        return self
+
+    def params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {**(self.model_extra or {})}
+        params.update(epochs=self.epochs, batch_size=self.batch_size)
+        if self.learning_rate is not None:
+            params["learning_rate"] = self.learning_rate
+        return params

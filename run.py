@@ -1,0 +1,78 @@
+"""Trainyard entry point.
+
+python run.py            API on TRAINYARD_HOST:TRAINYARD_PORT with an embedded agent
+python run.py api        API only (agents run elsewhere against the same database)
+python run.py agent      agent only
+python run.py migrate    apply database migrations and exit
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+
+import uvicorn
+
+from agent.config import Settings
+from agent.db.migrate import upgrade
+from agent.errors import TrainyardError
+from agent.system import System
+from api.app import create_app
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Trainyard training-job orchestrator")
+    parser.add_argument(
+        "command", nargs="?", default="all", choices=["all", "api", "agent", "migrate"]
+    )
+    args = parser.parse_args(argv)
+    settings = Settings(mode=args.command if args.command != "migrate" else "all")
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    try:
+        if args.command == "migrate":
+            upgrade(settings.resolved_database_url)
+            logging.getLogger("trainyard").info("database is at the latest migration")
+            return 0
+        if args.command == "agent":
+            return run_agent(settings)
+        return run_api(settings)
+    except TrainyardError as exc:
+        logging.getLogger("trainyard").error("%s", exc)
+        return 1
+
+
+def run_api(settings: Settings) -> int:
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=int(settings.stop_grace_seconds) + 15,
+    )
+    return 0
+
+
+def run_agent(settings: Settings) -> int:
+    system = System.build(settings, with_agent=True)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger("trainyard").info("signal %d: stopping the agent", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    system.start()
+    stop.wait()
+    system.close(timeout=settings.stop_grace_seconds + 10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
