@@ -23,7 +23,9 @@ def _default_agent_id() -> str:
 class Settings(BaseSettings):
     """Trainyard configuration, read once from the environment (prefix `TRAINYARD_`)."""
 
-    model_config = SettingsConfigDict(env_prefix="TRAINYARD_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="TRAINYARD_", extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     # --- service ---
     host: str = "127.0.0.1"
@@ -33,6 +35,9 @@ class Settings(BaseSettings):
     log_dir: Path = Path("logs")
     database_url: str = ""  # empty: SQLite under data_dir
     log_level: str = "INFO"
+    allow_public_bind: bool = Field(
+        default=False, description="Listen beyond loopback (only behind your own auth proxy)."
+    )
 
     # --- queue ---
     max_queued: int = Field(
@@ -86,9 +91,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _safe_bind(self) -> Settings:
         # The service has no authentication yet, so it refuses to listen beyond this machine.
-        if self.host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(
-            "TRAINYARD_ALLOW_PUBLIC_BIND"
-        ):
+        if self.host not in ("127.0.0.1", "localhost", "::1") and not self.allow_public_bind:
             raise ValueError(
                 "TRAINYARD_HOST must be a loopback address until authentication exists "
                 "(set TRAINYARD_ALLOW_PUBLIC_BIND=1 to override behind your own proxy)"

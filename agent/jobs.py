@@ -73,11 +73,13 @@ class Outcome(StrEnum):
 
 # --- the job spec a user submits -------------------------------------------------------------
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Docker image reference: [registry[:port]/]name[:tag][@digest], lower-case path components.
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Docker's reference grammar: [registry[:port]/]path[:tag][@digest]; path components are
+# lower-case alphanumerics joined by '.', '_', '__' or runs of '-'; tags are ASCII.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _IMAGE_REF = re.compile(
-    r"^(?:[a-zA-Z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
-    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+    rf"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?"
 )
 MIN_MEMORY_BYTES = 6 * 1024 * 1024  # Docker refuses limits below 6 MiB
 MAX_SPEC_JSON_BYTES = 64 * 1024
@@ -149,7 +151,7 @@ class JobSpec(BaseModel):
         if value is None:
             return None
         value = value.strip()
-        if not _IMAGE_REF.match(value):
+        if not _IMAGE_REF.fullmatch(value):
             raise ValueError(
                 "image must be a Docker image reference like 'trainyard/train:latest' "
                 "or 'registry:5000/team/model@sha256:<digest>'"
@@ -160,7 +162,7 @@ class JobSpec(BaseModel):
     @classmethod
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
         for key in value:
-            if not _ENV_NAME.match(key):
+            if not _ENV_NAME.fullmatch(key):
                 raise ValueError(f"env name {key!r} must match [A-Za-z_][A-Za-z0-9_]*")
             if key.upper().startswith(RESERVED_ENV_PREFIX):
                 raise ValueError(f"env name {key!r}: names starting with TRAINYARD_ are reserved")
@@ -169,10 +171,15 @@ class JobSpec(BaseModel):
     @field_validator("params")
     @classmethod
     def _params(cls, value: dict[str, Any]) -> dict[str, Any]:
-        try:
-            encoded = json.dumps(value, allow_nan=False)
-        except ValueError as exc:
-            raise ValueError("params must be plain JSON (no NaN or Infinity)") from exc
-        if len(encoded) > MAX_SPEC_JSON_BYTES:
-            raise ValueError(f"params must encode to at most {MAX_SPEC_JSON_BYTES} bytes of JSON")
-        return value
+        return check_params(value)
+
+
+def check_params(value: dict[str, Any]) -> dict[str, Any]:
+    """Hyper-parameters must be plain, bounded JSON: they travel in an environment variable."""
+    try:
+        encoded = json.dumps(value, allow_nan=False)
+    except ValueError as exc:
+        raise ValueError("params must be plain JSON (no NaN or Infinity)") from exc
+    if len(encoded) > MAX_SPEC_JSON_BYTES:
+        raise ValueError(f"params must encode to at most {MAX_SPEC_JSON_BYTES} bytes of JSON")
+    return value

@@ -115,7 +115,9 @@ class TrainyardService:
     def get(self, job_id: str) -> Job:
         return self.queue.get(job_id)
 
-    def list_jobs(self, *, status: JobStatus | None, limit: int, offset: int) -> tuple[list[Job], int]:
+    def list_jobs(
+        self, *, status: JobStatus | None, limit: int, offset: int
+    ) -> tuple[list[Job], int]:
         return self.queue.list_jobs(status=status, limit=limit, offset=offset)
 
     def events(self, job_id: str) -> list[Event]:

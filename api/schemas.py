@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent.jobs import JobStatus
+from agent.jobs import JobStatus, check_params
 from agent.records import Attempt, Event, Job, Stats
 from agent.units import format_memory
 
@@ -180,6 +180,7 @@ class TrainRequest(BaseModel):
                     f"{key}: extra /train parameters must be strings, numbers or booleans; "
                     "use POST /jobs with 'params' for structured values"
                 )
+        check_params(self.params())
         return self
 
     def params(self) -> dict[str, Any]:

@@ -1,0 +1,84 @@
+"""Classifying a finished container (agent/outcomes.py)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from agent.jobs import Outcome
+from agent.outcomes import ExitReport, classify
+
+CONFIG_REASON = "the command could not run in the image; check the job's command and image"
+
+
+@pytest.mark.parametrize(
+    ("report", "outcome", "reason"),
+    [
+        (ExitReport(0), Outcome.SUCCEEDED, "exit code 0"),
+        (ExitReport(1), Outcome.USER_ERROR, "exit code 1"),
+        (ExitReport(2), Outcome.USER_ERROR, "exit code 2"),
+        (ExitReport(125), Outcome.USER_ERROR, "exit code 125"),
+        (ExitReport(126), Outcome.CONFIG_ERROR, f"exit code 126: {CONFIG_REASON}"),
+        (ExitReport(127), Outcome.CONFIG_ERROR, f"exit code 127: {CONFIG_REASON}"),
+        (ExitReport(128), Outcome.USER_ERROR, "exit code 128"),
+        # Killed by SIGKILL but not by the OOM killer: the job's own failure.
+        (ExitReport(137), Outcome.USER_ERROR, "exit code 137"),
+        (ExitReport(255), Outcome.USER_ERROR, "exit code 255"),
+        (ExitReport(-1), Outcome.USER_ERROR, "exit code -1"),
+        (
+            ExitReport(137, oom_killed=True),
+            Outcome.OOM,
+            "killed for exceeding its memory limit of 2g",
+        ),
+        (ExitReport(143, timed_out=True), Outcome.TIMEOUT, "ran past its timeout and was stopped"),
+        (ExitReport(143, cancelled=True), Outcome.CANCELLED, "cancelled"),
+        # An engine error alone does not change the classification.
+        (ExitReport(1, engine_error="boom"), Outcome.USER_ERROR, "exit code 1"),
+    ],
+)
+def test_each_branch(report: ExitReport, outcome: Outcome, reason: str) -> None:
+    assert classify(report, memory_limit="2g") == (outcome, reason)
+
+
+@pytest.mark.parametrize("limit", ["512m", "1536m", "4g", "6291456"])
+def test_oom_reason_names_the_limit(limit: str) -> None:
+    outcome, reason = classify(ExitReport(137, oom_killed=True), memory_limit=limit)
+    assert outcome is Outcome.OOM
+    assert reason == f"killed for exceeding its memory limit of {limit}"
+
+
+def expected_outcome(cancelled: bool, timed_out: bool, oom: bool, code: int) -> Outcome:
+    if cancelled:
+        return Outcome.CANCELLED
+    if timed_out:
+        return Outcome.TIMEOUT
+    if oom:
+        return Outcome.OOM
+    if code == 0:
+        return Outcome.SUCCEEDED
+    if code in (126, 127):
+        return Outcome.CONFIG_ERROR
+    return Outcome.USER_ERROR
+
+
+@pytest.mark.parametrize(
+    ("cancelled", "timed_out", "oom", "code"),
+    list(itertools.product([False, True], [False, True], [False, True], [0, 1, 126, 127, 137])),
+)
+def test_precedence_cancelled_then_timeout_then_oom_then_exit_code(
+    cancelled: bool, timed_out: bool, oom: bool, code: int
+) -> None:
+    report = ExitReport(code, oom_killed=oom, cancelled=cancelled, timed_out=timed_out)
+    outcome, _ = classify(report, memory_limit="1g")
+    assert outcome is expected_outcome(cancelled, timed_out, oom, code)
+
+
+def test_oom_beats_a_zero_exit_code() -> None:
+    assert classify(ExitReport(0, oom_killed=True), memory_limit="1g")[0] is Outcome.OOM
+
+
+def test_exit_report_defaults() -> None:
+    assert ExitReport(3) == ExitReport(
+        exit_code=3, oom_killed=False, engine_error="", cancelled=False, timed_out=False
+    )
