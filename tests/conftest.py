@@ -37,9 +37,9 @@ def docker_client() -> Iterator[docker.DockerClient]:
         pytest.fail(f"image {TEST_IMAGE} is missing; `make test` builds it")
     yield client
     leftover = [
-        c.name
-        for c in client.containers.list(all=True, filters={"label": "trainyard.job_id"})
-        if c.labels.get("trainyard.agent", "").startswith("test-")
+        c["Names"]
+        for c in client.api.containers(all=True, filters={"label": "trainyard.job_id"})
+        if c["Labels"].get("trainyard.agent", "").startswith("test-")
     ]
     client.close()
     assert not leftover, f"containers left behind by the tests: {leftover}"
@@ -154,10 +154,12 @@ class Harness:
                 raise AssertionError(f"containers still exist: {self.containers()}")
             time.sleep(0.05)
 
-    def containers(self) -> list[Any]:
-        return self.docker.containers.list(
+    def containers(self) -> list[dict[str, Any]]:
+        """This agent's containers (low-level list: no per-container inspect to race with)."""
+        found: list[dict[str, Any]] = self.docker.api.containers(
             all=True, filters={"label": f"trainyard.agent={self.agent_id}"}
         )
+        return found
 
 
 @pytest.fixture
@@ -182,11 +184,11 @@ def start_harness(
         agent_ids.add(system.settings.agent_id)
     leaked = []
     for agent_id in agent_ids:
-        for container in docker_client.containers.list(
+        for container in docker_client.api.containers(
             all=True, filters={"label": f"trainyard.agent={agent_id}"}
         ):
-            leaked.append(container.name)
-            container.remove(force=True)
+            leaked.append(container["Names"])
+            docker_client.api.remove_container(container["Id"], force=True)
     assert not leaked, f"containers left after the test: {leaked}"
 
 

@@ -1,0 +1,152 @@
+"""The real entry point as users run it: `python run.py` over real HTTP, and a killed agent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+import pytest
+
+from agent.config import Settings
+from tests.conftest import Harness
+
+pytestmark = pytest.mark.docker
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Proc:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self.handle = log.open("ab")
+        self.popen = subprocess.Popen(
+            [sys.executable, str(ROOT / "run.py"), *args],
+            env={**os.environ, **env},
+            cwd=log.parent,
+            stdout=self.handle,
+            stderr=subprocess.STDOUT,
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+        code = self.popen.wait(timeout)
+        self.handle.close()
+        return code
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for proc in started:
+        if proc.popen.poll() is None:
+            proc.stop(signal.SIGKILL)
+
+
+def _env(tmp_path: Path, agent_id: str, **extra: str) -> dict[str, str]:
+    return {
+        "TRAINYARD_DATA_DIR": str(tmp_path / "data"),
+        "TRAINYARD_LOG_DIR": str(tmp_path / "logs"),
+        "TRAINYARD_AGENT_ID": agent_id,
+        "TRAINYARD_STOP_GRACE_SECONDS": "2",
+        "TRAINYARD_DEFAULT_MEMORY": "256m",
+        "TRAINYARD_DEFAULT_CPUS": "0.5",
+        "TRAINYARD_GPUS": "none",
+        **extra,
+    }
+
+
+def _wait(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except httpx.TransportError:
+            value = None
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_run_py_serves_the_original_train_call_over_http(tmp_path: Path, procs: list[Proc]) -> None:
+    port = _free_port()
+    agent_id = f"test-e2e-{port}"
+    proc = Proc([], _env(tmp_path, agent_id, TRAINYARD_PORT=str(port)), tmp_path / "server.log")
+    procs.append(proc)
+    base = f"http://127.0.0.1:{port}"
+    _wait(lambda: httpx.get(f"{base}/health").status_code == 200, what="the service")
+
+    accepted = httpx.post(f"{base}/train", json={"epochs": 3, "batch_size": 16})
+    assert accepted.status_code == 201
+    job_id = accepted.json()["id"]
+    job = _wait(
+        lambda: (j := httpx.get(f"{base}/jobs/{job_id}").json())["status"] == "succeeded" and j,
+        what="the job to succeed",
+    )
+    assert job["exit_code"] == 0
+    log = httpx.get(f"{base}/jobs/{job_id}/logs", params={"tail": 50}).text
+    assert '"epoch": 3' in log
+    assert (tmp_path / "data" / "trainyard.db").exists()  # the embedded SQLite default
+    assert (tmp_path / "logs" / "jobs" / f"{job_id}.log").exists()
+
+    _stop_cleanly(proc)
+    # A restarted service still knows the job.
+    proc2 = Proc([], _env(tmp_path, agent_id, TRAINYARD_PORT=str(port)), tmp_path / "server.log")
+    procs.append(proc2)
+    _wait(lambda: httpx.get(f"{base}/health").status_code == 200, what="the restart")
+    assert httpx.get(f"{base}/jobs/{job_id}").json()["status"] == "succeeded"
+    _stop_cleanly(proc2)
+
+
+def _stop_cleanly(proc: Proc) -> None:
+    # uvicorn finishes its shutdown, then re-raises SIGTERM so supervisors see the signal.
+    assert proc.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+    assert proc.log.read_text().rstrip().endswith(f"Finished server process [{proc.popen.pid}]")
+
+
+def test_a_killed_agent_leaves_nothing_behind_once_restarted(
+    tmp_path: Path,
+    procs: list[Proc],
+    start_harness: Callable[..., Harness],
+    make_settings: Callable[..., Settings],
+    docker_client: docker.DockerClient,
+) -> None:
+    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'data' / 'trainyard.db'}")
+    api = start_harness(settings, with_agent=False)
+    env = _env(tmp_path, settings.agent_id, TRAINYARD_POLL_INTERVAL="0.2")
+    agent = Proc(["agent"], env, tmp_path / "agent.log")
+    procs.append(agent)
+
+    job = api.submit({"params": {"epochs": 4, "epoch_seconds": 0.5}})
+    api.wait_for(job["id"], lambda j: '"epoch": 1' in api.logs(j["id"]))
+    assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
+    orphans = api.containers()
+    assert len(orphans) == 1  # the container outlived its agent
+    assert api.job(job["id"])["status"] == "running"
+
+    restarted = Proc(["agent"], env, tmp_path / "agent.log")
+    procs.append(restarted)
+    done = api.wait_final(job["id"])
+    assert done["status"] == "succeeded", done
+    assert [a["outcome"] for a in done["attempts"]] == ["infra_error", "succeeded"]
+    assert "agent restarted" in done["attempts"][0]["reason"]
+    assert docker_client.containers.list(all=True, filters={"id": orphans[0]["Id"]}) == []
+    api.wait_no_containers()
+    assert restarted.stop(signal.SIGTERM) == 0

@@ -1,0 +1,149 @@
+"""Bad input gets a 4xx that says what to change; the queue bound answers 429 and loses nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import Settings
+from agent.db.engine import Database
+from agent.runtime.docker_runner import DockerRunner
+from tests.conftest import Harness
+
+
+@pytest.fixture
+def api_only(
+    start_harness: Callable[..., Harness],
+    make_settings: Callable[..., Settings],
+    database_url: str,
+) -> Harness:
+    """The API without an agent: jobs stay queued."""
+    return start_harness(make_settings(database_url=database_url, max_queued=3), with_agent=False)
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        ({"resources": {"memory": "lots"}}, "resources.memory", "'512m', '4g'"),
+        ({"resources": {"memory": "1k"}}, "resources.memory", "at least 6m"),
+        ({"resources": {"cpus": 0}}, "resources.cpus", "greater than 0"),
+        ({"resources": {"gpus": -1}}, "resources.gpus", "greater than or equal to 0"),
+        ({"command": "python train.py"}, "command", "valid list"),
+        ({"command": []}, "command", "at least 1 item"),
+        ({"image": "Not An Image"}, "image", "Docker image reference"),
+        ({"env": {"TRAINYARD_JOB_ID": "x"}}, "env", "reserved"),
+        ({"timeout_seconds": 0}, "timeout_seconds", "greater than or equal to 1"),
+        ({"max_retries": -1}, "max_retries", "greater than or equal to 0"),
+        ({"priorty": 5}, "priorty", "Extra inputs are not permitted"),
+        ({"params": "epochs=3"}, "params", "valid dictionary"),
+    ],
+)
+def test_bad_job_fields_get_422_naming_the_field(
+    api_only: Harness, body: dict[str, Any], field: str, words: str
+) -> None:
+    response = api_only.client.post("/jobs", json=body)
+    assert response.status_code == 422, response.text
+    payload = response.json()
+    assert [e["field"] for e in payload["detail"]] == [field]
+    assert words in payload["detail"][0]["message"]
+    assert payload["message"].startswith(f"{field}: ")
+    assert api_only.client.get("/jobs").json()["total"] == 0
+
+
+def test_bad_train_request_gets_422(api_only: Harness) -> None:
+    response = api_only.client.post("/train", json={"epochs": 0})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["field"] == "epochs"
+    response = api_only.client.post("/train", json={"epochs": 2, "layers": [1, 2]})
+    assert response.status_code == 422
+    assert "POST /jobs with 'params'" in response.json()["message"]
+    response = api_only.client.post(
+        "/train", content=b'{"epochs": 2, "x": NaN}', headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert "NaN" in response.json()["message"]
+
+
+def test_malformed_json_gets_422(api_only: Harness) -> None:
+    response = api_only.client.post(
+        "/jobs", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert "JSON" in response.json()["message"]
+
+
+def test_queue_bound_answers_429_and_keeps_what_is_queued(api_only: Harness) -> None:
+    ids = [api_only.submit({"params": {"epochs": 1}})["id"] for _ in range(3)]
+    response = api_only.client.post("/jobs", json={"params": {"epochs": 1}})
+    assert response.status_code == 429
+    assert "bound is 3" in response.json()["detail"]
+    assert response.headers["Retry-After"]
+    assert api_only.client.post("/train", json={"epochs": 1}).status_code == 429
+    queued = api_only.client.get("/jobs", params={"status": "queued"}).json()
+    assert sorted(j["id"] for j in queued["items"]) == sorted(ids)
+
+    # Cancelling one frees a place in the queue.
+    cancelled = api_only.client.post(f"/jobs/{ids[0]}/cancel").json()
+    assert cancelled["status"] == "cancelled"
+    assert api_only.client.post("/jobs", json={}).status_code == 201
+
+
+def test_cancelling_a_queued_job_is_immediate(api_only: Harness) -> None:
+    job = api_only.submit({})
+    response = api_only.client.post(f"/jobs/{job['id']}/cancel")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "cancelled"
+    assert body["finished_at"] is not None
+    assert body["attempts"] == []
+    kinds = [e["kind"] for e in api_only.client.get(f"/jobs/{job['id']}/events").json()]
+    assert kinds == ["submitted", "cancelled"]
+
+
+def test_a_job_bigger_than_the_agent_is_refused_at_submit(
+    start_harness: Callable[..., Harness],
+    make_settings: Callable[..., Settings],
+    sqlite_url: str,
+) -> None:
+    h = start_harness(make_settings(database_url=sqlite_url))
+    response = h.client.post("/jobs", json={"resources": {"gpus": 1, "cpus": 64}})
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert "resources.cpus 64 is more than the agent's 2" in detail or "cpus 64" in detail
+    assert "resources.gpus 1 is more than the agent has (0)" in detail
+    response = h.client.post("/jobs", json={"resources": {"memory": "100t"}})
+    assert response.status_code == 422
+    assert "resources.memory 100t is more than the agent offers" in response.json()["detail"]
+    assert h.client.get("/jobs").json()["total"] == 0
+
+
+def test_openapi_page_is_served(api_only: Harness) -> None:
+    assert api_only.client.get("/docs").status_code == 200
+    schema = api_only.client.get("/openapi.json").json()
+    assert {"/jobs", "/jobs/{job_id}", "/train", "/stats", "/health"} <= set(schema["paths"])
+
+
+def test_health_is_503_when_the_database_is_down(api_only: Harness, tmp_path: Path) -> None:
+    broken = Database(f"sqlite:///{tmp_path / 'gone' / 'db.sqlite'}")
+    (tmp_path / "gone").rmdir()
+    (tmp_path / "gone").write_text("a file where the database folder was")
+    api_only.system.service.db = broken
+    response = api_only.client.get("/health")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unhealthy"
+    assert body["checks"]["database"]["ok"] is False
+    assert "database unreachable" in body["checks"]["database"]["error"]
+
+
+def test_health_is_503_when_the_docker_engine_is_down(api_only: Harness, tmp_path: Path) -> None:
+    api_only.system.service.runtime = DockerRunner(f"unix://{tmp_path / 'no-docker.sock'}")
+    response = api_only.client.get("/health")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["checks"]["docker"]["ok"] is False
+    assert "Docker engine unreachable" in body["checks"]["docker"]["error"]
+    assert body["checks"]["database"]["ok"] is True
