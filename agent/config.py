@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     gpus: str = Field(default="auto", description="'auto', 'none', or device ids like '0,1,2,3'.")
     memory_reserve: str = "1g"
     lease_seconds: float = Field(default=60.0, ge=5)
+    reconcile_interval: float = Field(
+        default=30.0, gt=0, description="How often the agent re-checks engine against database."
+    )
     poll_interval: float = Field(
         default=1.0, gt=0, description="Fallback wake-up of the agent loop."
     )

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.config import Settings
@@ -17,7 +18,13 @@ from agent.errors import ContainerError, RuntimeUnavailable, StaleState, Trainya
 from agent.jobs import JobStatus, Outcome
 from agent.logs import JobLogWriter, job_log_path
 from agent.metrics import ATTEMPT_SECONDS, ATTEMPTS_FINISHED, START_LATENCY_SECONDS
-from agent.outcomes import ExitReport, classify
+from agent.outcomes import (
+    SIGKILL_EXIT,
+    SIGTERM_EXIT,
+    ExitReport,
+    classify,
+    is_cuda_oom_line,
+)
 from agent.records import AttemptResult, Claim
 from agent.retry import RetryPolicy
 from agent.runtime.docker_runner import (
@@ -25,6 +32,7 @@ from agent.runtime.docker_runner import (
     ATTEMPT_LABEL,
     JOB_LABEL,
     ContainerSpec,
+    ContainerState,
     DockerRunner,
 )
 from agent.units import format_memory
@@ -34,6 +42,15 @@ log = logging.getLogger("trainyard.agent")
 OUTPUTS_MOUNT = "/outputs"
 LOG_DRAIN_SECONDS = 30.0
 SUPERVISE_TICK = 0.25
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """A container an earlier run of this agent started for this attempt (see reconcile)."""
+
+    container: ContainerState
+    status: JobStatus  # the job's status in the database
+    started_at: datetime | None  # when the attempt started running, if it did
 
 
 @dataclass(frozen=True)
@@ -54,8 +71,10 @@ class AttemptExecution:
         runtime: DockerRunner,
         policy: RetryPolicy,
         on_done: Callable[[AttemptExecution], None],
+        adopt: Adoption | None = None,
     ) -> None:
         self.claim = claim
+        self.adopt = adopt
         self.settings = settings
         self.queue = queue
         self.runtime = runtime
@@ -64,6 +83,7 @@ class AttemptExecution:
         self._stop_request: StopRequest | None = None
         self._stop_event = threading.Event()
         self.container_id: str | None = None
+        self._cuda_oom = False
 
     @property
     def job_id(self) -> str:
@@ -85,8 +105,11 @@ class AttemptExecution:
         started = time.monotonic()
         result: AttemptResult | None = None
         try:
-            writer.agent(f"claimed by agent {self.settings.agent_id}", attempt=number)
-            expected, result = self._execute(writer)
+            if self.adopt is None:
+                writer.agent(f"claimed by agent {self.settings.agent_id}", attempt=number)
+                expected, result = self._execute(writer)
+            else:
+                expected, result = self._resume(writer)
         except StaleState as exc:
             writer.agent(f"lease lost, leaving the job alone: {exc}", attempt=number)
             log.warning("job %s attempt %d: %s", job.id, number, exc)
@@ -131,21 +154,61 @@ class AttemptExecution:
             attempt=number,
         )
         log.info("job %s attempt %d: running in %s", self.job_id, number, self.container_id[:12])
+        deadline = self._deadline(time.time())
+        return JobStatus.RUNNING, self._watch(self.container_id, writer, deadline, since=None)
+
+    def _resume(self, writer: JobLogWriter) -> tuple[JobStatus, AttemptResult]:
+        """Take over a container an earlier run of this agent left: re-attach or collect."""
+        assert self.adopt is not None
+        number, state = self.claim.attempt, self.adopt.container
+        self.container_id = state.id
+        writer.agent(
+            f"agent restarted: re-attached to container {state.id[:12]} ({state.status})",
+            attempt=number,
+        )
+        expected = self.adopt.status
         try:
-            report = self._supervise(self.container_id, writer)
+            if expected is JobStatus.STARTING:
+                if state.status == "created":
+                    self.runtime.start(state.id)
+                if not self.queue.mark_running(self.claim):
+                    raise StaleState(f"job {self.job_id} moved on while the agent was away")
+                expected = JobStatus.RUNNING
+        except (ContainerError, RuntimeUnavailable) as exc:
+            writer.agent(f"could not start: {exc}", attempt=number)
+            return expected, AttemptResult(Outcome.INFRA_ERROR.value, str(exc))
+        point = writer.resume_point()
+        writer.skip_through(point)  # the engine replays from `since`: no line twice
+        started = self.adopt.started_at.timestamp() if self.adopt.started_at else time.time()
+        since = _docker_since(point[0])
+        return expected, self._watch(state.id, writer, self._deadline(started), since=since)
+
+    def _deadline(self, started_wall: float) -> float | None:
+        """The attempt's deadline on the monotonic clock, from when it started running."""
+        timeout = self.claim.job.timeout_seconds
+        if not timeout:
+            return None
+        return time.monotonic() + (started_wall + timeout - time.time())
+
+    def _watch(
+        self, container_id: str, writer: JobLogWriter, deadline: float | None, *, since: str | None
+    ) -> AttemptResult:
+        number = self.claim.attempt
+        memory = format_memory(self.claim.job.memory_bytes)
+        try:
+            report = self._supervise(container_id, writer, deadline, since)
         except RuntimeUnavailable as exc:
             writer.agent(f"lost the Docker engine: {exc}", attempt=number)
-            return JobStatus.RUNNING, AttemptResult(Outcome.INFRA_ERROR.value, str(exc))
+            return AttemptResult(Outcome.INFRA_ERROR.value, str(exc))
+        except ContainerError as exc:
+            writer.agent(f"the container vanished: {exc}", attempt=number)
+            return AttemptResult(Outcome.INFRA_ERROR.value, f"the container vanished: {exc}")
         if report is None:  # the agent is shutting down
-            return JobStatus.RUNNING, AttemptResult(
-                Outcome.INFRA_ERROR.value, "the agent shut down while the job ran"
-            )
-        outcome, reason = classify(report, memory_limit=format_memory(spec.memory_bytes))
+            return AttemptResult(Outcome.INFRA_ERROR.value, "the agent shut down while the job ran")
+        outcome, reason = classify(report, memory_limit=memory)
         if report.engine_error:
             reason = f"{reason} ({report.engine_error})"
-        return JobStatus.RUNNING, AttemptResult(
-            outcome.value, reason, report.exit_code, report.oom_killed
-        )
+        return AttemptResult(outcome.value, reason, report.exit_code, report.oom_killed)
 
     def _stopped_before_start(self) -> AttemptResult:
         request = self._stop_request
@@ -153,8 +216,11 @@ class AttemptExecution:
             return AttemptResult(Outcome.CANCELLED.value, f"cancelled by {request.actor}")
         return AttemptResult(Outcome.INFRA_ERROR.value, "the agent shut down before the start")
 
-    def _supervise(self, container_id: str, writer: JobLogWriter) -> ExitReport | None:
+    def _supervise(
+        self, container_id: str, writer: JobLogWriter, deadline: float | None, since: str | None
+    ) -> ExitReport | None:
         """Stream logs and wait; stop the container on cancel or timeout (by our own clock)."""
+        watch_started = time.time()
         exit_code: list[int] = []
         failure: list[Exception] = []
         exited = threading.Event()
@@ -169,8 +235,10 @@ class AttemptExecution:
 
         def stream() -> None:
             try:
-                for line in self.runtime.stream_logs(container_id):
+                for line in self.runtime.stream_logs(container_id, since=since):
                     writer.container(line.stream, line.timestamp, line.text)
+                    if not self._cuda_oom and is_cuda_oom_line(line.text):
+                        self._cuda_oom = True
             except Exception as exc:
                 writer.agent(f"log stream ended early: {exc}", attempt=self.claim.attempt)
 
@@ -179,7 +247,6 @@ class AttemptExecution:
         streamer.start()
         waiter.start()
         timeout = self.claim.job.timeout_seconds
-        deadline = time.monotonic() + timeout if timeout else None
         stopped_for: str | None = None
         while not exited.wait(SUPERVISE_TICK):
             if stopped_for is not None:
@@ -212,9 +279,24 @@ class AttemptExecution:
         if stopped_for == "shutdown":
             return None
         state = self.runtime.inspect(container_id)
+        code = state.exit_code if state.exit_code >= 0 else exit_code[0]
+        oom_event = killed_from_outside = False
+        if stopped_for is None and code in (SIGKILL_EXIT, SIGTERM_EXIT) and not state.oom_killed:
+            # Ask the engine why it died: a cgroup OOM, or a kill the agent did not send.
+            since_wall = (
+                self.adopt.started_at.timestamp()
+                if self.adopt and self.adopt.started_at
+                else watch_started - 1
+            )
+            actions = self.runtime.events(container_id, since=since_wall, actions=["oom", "kill"])
+            oom_event = "oom" in actions
+            killed_from_outside = "kill" in actions
         return ExitReport(
-            exit_code=state.exit_code if state.exit_code >= 0 else exit_code[0],
+            exit_code=code,
             oom_killed=state.oom_killed,
+            oom_event=oom_event,
+            killed_from_outside=killed_from_outside,
+            cuda_oom=self._cuda_oom,
             engine_error=state.error,
             cancelled=stopped_for == "cancelled",
             timed_out=stopped_for == "timeout",
@@ -242,6 +324,10 @@ class AttemptExecution:
             retries_used=job.retries_used,
             max_retries=job.max_retries,
             infra_retries_used=job.infra_retries_used,
+            retry_on=(
+                frozenset(Outcome(o) for o in job.retry_on) if job.retry_on is not None else None
+            ),
+            non_retryable_exit_codes=frozenset(job.non_retryable_exit_codes),
         )
         status = self.queue.finish(self.claim, expected, result, decision)
         ATTEMPTS_FINISHED.labels(result.outcome).inc()
@@ -305,3 +391,12 @@ class AttemptExecution:
         else:
             path.chmod(0o777)  # a non-root agent cannot chown; let the container user write
         return path
+
+
+def _docker_since(timestamp: str | None) -> str | None:
+    """A log timestamp (RFC 3339, 9 fractional digits, UTC) as the engine's `since` value."""
+    if timestamp is None:
+        return None
+    base, _, fraction = timestamp.rstrip("Z").partition(".")
+    seconds = int(datetime.strptime(base, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp())
+    return f"{seconds}.{fraction.ljust(9, '0')[:9]}"

@@ -71,6 +71,13 @@ class Outcome(StrEnum):
     INFRA_ERROR = "infra_error"
 
 
+# What a job may ask to retry: `cancelled` never (a person asked), `infra_error` always (on its
+# own budget), `succeeded` has nothing to retry.
+RETRYABLE_ON_REQUEST = frozenset(
+    {Outcome.USER_ERROR, Outcome.CUDA_OOM, Outcome.OOM, Outcome.TIMEOUT, Outcome.CONFIG_ERROR}
+)
+
+
 # --- the job spec a user submits -------------------------------------------------------------
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -144,6 +151,16 @@ class JobSpec(BaseModel):
     timeout_seconds: int | None = Field(default=None, ge=1, le=30 * 24 * 3600)
     max_retries: int | None = Field(default=None, ge=0, le=100)
     priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first.")
+    retry_on: list[Outcome] | None = Field(
+        default=None,
+        max_length=8,
+        description="Outcomes worth a retry, replacing the default [user_error, cuda_oom]. "
+        "Allowed: user_error, cuda_oom, oom, timeout, config_error. infra_error is always "
+        "retried on its own budget; cancelled never.",
+    )
+    non_retryable_exit_codes: list[Annotated[int, Field(ge=0, le=255)]] = Field(
+        default_factory=list, max_length=256, description="Exit codes that are never retried."
+    )
 
     @field_validator("image")
     @classmethod
@@ -157,6 +174,17 @@ class JobSpec(BaseModel):
                 "or 'registry:5000/team/model@sha256:<digest>'"
             )
         return value
+
+    @field_validator("retry_on")
+    @classmethod
+    def _retry_on(cls, value: list[Outcome] | None) -> list[Outcome] | None:
+        for outcome in value or []:
+            if outcome not in RETRYABLE_ON_REQUEST:
+                raise ValueError(
+                    f"{outcome.value} cannot be retried on request; allowed: "
+                    + ", ".join(sorted(o.value for o in RETRYABLE_ON_REQUEST))
+                )
+        return sorted(set(value), key=list(Outcome).index) if value is not None else None
 
     @field_validator("env")
     @classmethod

@@ -153,7 +153,10 @@ class JobLogWriter:
             raise ValueError("max_bytes and backup_count must not be negative")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _drop_torn_last_line(self.path)
         self._last_container_timestamp = _scan_last_container_timestamp(self.path)
+        self._lines_at_last = _count_container_lines_at(self.path, self._last_container_timestamp)
+        self._skip: tuple[str, int] | None = None
         self._lock = threading.RLock()
         self._closed = False
         self._handler = _RotatingHandler(
@@ -170,6 +173,18 @@ class JobLogWriter:
     def last_container_timestamp(self) -> str | None:
         """Newest Docker timestamp written (normalized), to resume streaming after a restart."""
         return self._last_container_timestamp
+
+    def resume_point(self) -> tuple[str | None, int]:
+        """(newest container timestamp written, how many container lines carry exactly it)."""
+        with self._lock:
+            return self._last_container_timestamp, self._lines_at_last
+
+    def skip_through(self, point: tuple[str | None, int]) -> None:
+        """Drop container lines already written before `point`: used when re-attaching to a
+        container whose logs are replayed from that timestamp, so no line is written twice."""
+        timestamp, count = point
+        with self._lock:
+            self._skip = (timestamp, count) if timestamp is not None else None
 
     def agent(self, message: str, *, attempt: int | None = None) -> None:
         """Write an agent message stamped with the current UTC time."""
@@ -188,10 +203,27 @@ class JobLogWriter:
         normalized = _normalize_timestamp(timestamp)
         pieces = _split_text(text)
         with self._lock:
+            if normalized is not None and self._already_written(normalized):
+                return
             self._write(normalized or _now_timestamp(), stream, pieces)
             last = self._last_container_timestamp
             if normalized is not None and (last is None or normalized > last):
                 self._last_container_timestamp = normalized
+                self._lines_at_last = 1
+            elif normalized is not None and normalized == last:
+                self._lines_at_last += 1
+
+    def _already_written(self, timestamp: str) -> bool:
+        if self._skip is None:
+            return False
+        until, remaining = self._skip
+        if timestamp < until:
+            return True
+        if timestamp == until and remaining > 0:
+            self._skip = (until, remaining - 1)
+            return True
+        self._skip = None  # past the resume point: everything from here on is new
+        return False
 
     def flush(self) -> None:
         with self._lock:
@@ -223,6 +255,44 @@ class JobLogWriter:
             for piece in pieces:
                 record = logging.makeLogRecord({"msg": head + _truncate(piece)})
                 self._handler.handle(record)
+
+
+def _drop_torn_last_line(path: Path) -> None:
+    """A writer killed mid-line leaves a line without its newline; cut it so it is rewritten."""
+    try:
+        with path.open("r+b") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size == 0:
+                return
+            fh.seek(size - 1)
+            if fh.read(1) == b"\n":
+                return
+            keep = _line_boundary(fh, size)
+            fh.truncate(keep)
+    except FileNotFoundError:
+        return
+
+
+def _count_container_lines_at(path: Path, timestamp: str | None) -> int:
+    """How many container lines near the end of the log carry exactly `timestamp`."""
+    if timestamp is None:
+        return 0
+    count = 0
+    consumed = 0
+    for candidate in (path, _backup(path, 1)):
+        try:
+            with candidate.open("rb") as fh:
+                for raw in _reverse_lines(fh, os.fstat(fh.fileno()).st_size):
+                    consumed += len(raw) + 1
+                    parsed = parse_line(raw.decode("utf-8", "replace"))
+                    if parsed is not None and parsed.source in _CONTAINER_SOURCES:
+                        if parsed.timestamp == timestamp:
+                            count += 1
+                        elif parsed.timestamp < timestamp and consumed >= _RESUME_WINDOW:
+                            return count
+        except FileNotFoundError:
+            continue
+    return count
 
 
 def _scan_last_container_timestamp(path: Path) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from agent.jobs import Outcome
@@ -10,12 +11,34 @@ from agent.jobs import Outcome
 COMMAND_NOT_EXECUTABLE = 126
 COMMAND_NOT_FOUND = 127
 SIGKILL_EXIT = 137
+SIGTERM_EXIT = 143
+
+# What PyTorch, CUDA, cuBLAS/cuDNN, TensorFlow and JAX print when the GPU runs out of memory.
+_CUDA_OOM = re.compile(
+    r"CUDA out of memory"
+    r"|OutOfMemoryError: CUDA"
+    r"|CUDA error: out of memory"
+    r"|cudaErrorMemoryAllocation"
+    r"|CUBLAS_STATUS_ALLOC_FAILED"
+    r"|CUDNN_STATUS_ALLOC_FAILED"
+    r"|RESOURCE_EXHAUSTED: Out of memory"
+    r"|OOM when allocating tensor"
+    r"|out of memory on device",
+    re.IGNORECASE,
+)
+
+
+def is_cuda_oom_line(text: str) -> bool:
+    return _CUDA_OOM.search(text) is not None
 
 
 @dataclass(frozen=True)
 class ExitReport:
     exit_code: int
-    oom_killed: bool = False
+    oom_killed: bool = False  # Docker's OOMKilled flag
+    oom_event: bool = False  # the engine reported a cgroup OOM for this container
+    killed_from_outside: bool = False  # a kill the agent did not send (engine shutdown, operator)
+    cuda_oom: bool = False  # the output showed a GPU out-of-memory error
     engine_error: str = ""
     cancelled: bool = False
     timed_out: bool = False
@@ -28,10 +51,22 @@ def classify(report: ExitReport, *, memory_limit: str) -> tuple[Outcome, str]:
         return Outcome.CANCELLED, "cancelled"
     if report.timed_out:
         return Outcome.TIMEOUT, "ran past its timeout and was stopped"
-    if report.oom_killed:
-        return Outcome.OOM, f"killed for exceeding its memory limit of {memory_limit}"
+    # OOMKilled is not always set (cgroup v2, a child process killed): exit 137 with the
+    # engine's own OOM event is the same thing.
+    if report.oom_killed or (code == SIGKILL_EXIT and report.oom_event):
+        return Outcome.OOM, (
+            f"killed for exceeding its memory limit of {memory_limit}; "
+            "ask for more memory (resources.memory) or use less"
+        )
     if code == 0:
         return Outcome.SUCCEEDED, "exit code 0"
+    if report.cuda_oom:
+        return Outcome.CUDA_OOM, f"exit code {code} after a CUDA out-of-memory error"
+    if report.killed_from_outside and code in (SIGKILL_EXIT, SIGTERM_EXIT):
+        return Outcome.INFRA_ERROR, (
+            f"exit code {code}: the container was stopped from outside the agent "
+            "(engine shutdown or an operator)"
+        )
     if code in (COMMAND_NOT_EXECUTABLE, COMMAND_NOT_FOUND):
         return Outcome.CONFIG_ERROR, (
             f"exit code {code}: the command could not run in the image; "

@@ -1,77 +1,66 @@
-"""Make the engine and the database agree after an agent (re)starts.
+"""Make the engine and the database agree: at agent start, and periodically.
 
-Nothing runs in this process yet when this is called, so every container labelled with this
-agent is left over from an earlier run, and every attempt the database says this agent holds was
-interrupted. Containers are removed and the attempts recorded as `infra_error`, which retries
-them without spending the job's own `max_retries`.
+The plan is pure. Containers carry labels `trainyard.job_id`, `trainyard.attempt` and
+`trainyard.agent`:
+
+- a container of an attempt the database says this agent still holds, which no thread of this
+  process runs, is **adopted**: re-attached while it runs, collected once it has exited;
+- any other container of this agent is **removed** (its job finished, was cancelled, moved on
+  to a later attempt, or is unknown);
+- an attempt the database says this agent holds, with neither a container nor a thread, is
+  **lost**: recorded as `infra_error` and retried without spending the job's `max_retries`.
 """
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
-from agent.config import Settings
-from agent.db.queue import JobQueue
-from agent.errors import StaleState, TrainyardError
-from agent.jobs import Outcome
-from agent.logs import JobLogWriter, job_log_path
-from agent.records import ActiveAttempt, AttemptResult, Claim
-from agent.retry import RetryPolicy
-from agent.runtime.docker_runner import AGENT_LABEL, ATTEMPT_LABEL, JOB_LABEL, DockerRunner
+from agent.records import ActiveAttempt
+from agent.runtime.docker_runner import ATTEMPT_LABEL, JOB_LABEL, ContainerState
 
-log = logging.getLogger("trainyard.agent")
+Key = tuple[str, int]
 
 
-def reconcile(
-    settings: Settings, queue: JobQueue, runtime: DockerRunner, policy: RetryPolicy
-) -> None:
-    agent_id = settings.agent_id
-    containers = runtime.find(**{AGENT_LABEL: agent_id})
-    by_attempt = {
-        (state.labels.get(JOB_LABEL), state.labels.get(ATTEMPT_LABEL)): state
-        for state in containers
-    }
+@dataclass(frozen=True)
+class Plan:
+    adopt: list[tuple[ActiveAttempt, ContainerState]] = field(default_factory=list)
+    remove: list[ContainerState] = field(default_factory=list)
+    lost: list[ActiveAttempt] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.adopt or self.remove or self.lost)
+
+
+def container_key(state: ContainerState) -> Key | None:
+    job_id = state.labels.get(JOB_LABEL)
+    attempt = state.labels.get(ATTEMPT_LABEL, "")
+    if not job_id or not attempt.isdigit():
+        return None
+    return job_id, int(attempt)
+
+
+def plan(
+    containers: Iterable[ContainerState],
+    active: Iterable[ActiveAttempt],
+    in_process: set[Key],
+) -> Plan:
+    """What to do, given this agent's containers, its attempts in the database, and the
+    attempts threads of this process are running right now (those are left alone)."""
+    result = Plan()
+    by_key = {(a.job_id, a.attempt): a for a in active}
+    with_container: set[Key] = set()
     for state in containers:
-        runtime.remove(state.id)
-        log.info(
-            "reconcile: removed container %s of job %s attempt %s",
-            state.id[:12],
-            state.labels.get(JOB_LABEL),
-            state.labels.get(ATTEMPT_LABEL),
-        )
-    for active in queue.active_attempts(agent_id):
-        had_container = (active.job_id, str(active.attempt)) in by_attempt
-        reason = (
-            "the agent restarted while the attempt ran; its container was removed"
-            if had_container
-            else "the agent restarted and the attempt's container was gone"
-        )
-        _requeue(settings, queue, policy, active, reason)
-
-
-def _requeue(
-    settings: Settings, queue: JobQueue, policy: RetryPolicy, active: ActiveAttempt, reason: str
-) -> None:
-    job = queue.get(active.job_id)
-    claim = Claim(job=job, attempt=active.attempt, lease_token=active.lease_token, gpu_ids=())
-    decision = policy.decide(
-        Outcome.INFRA_ERROR,
-        exit_code=None,
-        retries_used=job.retries_used,
-        max_retries=job.max_retries,
-        infra_retries_used=job.infra_retries_used,
-    )
-    try:
-        status = queue.finish(
-            claim, active.status, AttemptResult(Outcome.INFRA_ERROR.value, reason), decision
-        )
-    except (StaleState, TrainyardError) as exc:
-        log.warning("reconcile: job %s attempt %d: %s", job.id, active.attempt, exc)
-        return
-    with JobLogWriter(
-        job_log_path(settings.log_dir, job.id),
-        max_bytes=settings.log_max_bytes,
-        backup_count=settings.log_backup_count,
-    ) as writer:
-        writer.agent(f"infra_error: {reason}; job {status.value}", attempt=active.attempt)
-    log.info("reconcile: job %s attempt %d: %s; job %s", job.id, active.attempt, reason, status)
+        key = container_key(state)
+        if key is not None and key in in_process:
+            continue
+        if key is not None and key in by_key:
+            result.adopt.append((by_key[key], state))
+            with_container.add(key)
+        else:
+            result.remove.append(state)
+    for key, attempt in by_key.items():
+        if key not in in_process and key not in with_container:
+            result.lost.append(attempt)
+    return result

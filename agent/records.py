@@ -24,6 +24,8 @@ class NewJob:
     timeout_seconds: int | None
     max_retries: int
     priority: int
+    retry_on: list[str] | None = None
+    non_retryable_exit_codes: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ class Job:
     agent_id: str | None
     cancel_requested_at: datetime | None
     cancel_requested_by: str | None
+    retry_on: list[str] | None = None
+    non_retryable_exit_codes: list[int] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
 
 
@@ -107,6 +111,7 @@ class ActiveAttempt:
     memory_bytes: int
     cpus: float
     gpu_ids: tuple[str, ...]
+    started_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from agent.jobs import Outcome
+from agent.jobs import RETRYABLE_ON_REQUEST, Outcome
 
 RETRYABLE_BY_DEFAULT = frozenset({Outcome.USER_ERROR, Outcome.CUDA_OOM})
 
@@ -46,8 +46,14 @@ class RetryPolicy:
         retries_used: int,
         max_retries: int,
         infra_retries_used: int,
+        retry_on: frozenset[Outcome] | None = None,
+        non_retryable_exit_codes: frozenset[int] = frozenset(),
     ) -> RetryDecision | None:
-        """Return how to retry, or None when the outcome is final."""
+        """Return how to retry, or None when the outcome is final.
+
+        `retry_on`, when a job gives it, replaces the default retryable classes;
+        `non_retryable_exit_codes` makes those exit codes final whatever the class.
+        """
         if outcome is Outcome.INFRA_ERROR:
             if infra_retries_used >= self.infra_budget:
                 return None
@@ -55,7 +61,10 @@ class RetryPolicy:
             return RetryDecision(
                 self.delay(n), False, f"platform failure, retry {n} of {self.infra_budget}"
             )
-        if outcome not in RETRYABLE_BY_DEFAULT or retries_used >= max_retries:
+        retryable = RETRYABLE_BY_DEFAULT if retry_on is None else retry_on & RETRYABLE_ON_REQUEST
+        if outcome not in retryable or retries_used >= max_retries:
+            return None
+        if exit_code is not None and exit_code in non_retryable_exit_codes:
             return None
         n = retries_used + 1
         what = f"exit code {exit_code}" if outcome is Outcome.USER_ERROR else outcome.value

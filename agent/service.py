@@ -84,6 +84,8 @@ class TrainyardService:
             if spec.max_retries is not None
             else self.settings.default_max_retries,
             priority=spec.priority,
+            retry_on=[o.value for o in spec.retry_on] if spec.retry_on is not None else None,
+            non_retryable_exit_codes=sorted(set(spec.non_retryable_exit_codes)),
         )
 
     def _check_fits(self, new: NewJob) -> None:

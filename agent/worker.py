@@ -10,12 +10,15 @@ from datetime import UTC, datetime
 from agent.config import Settings
 from agent.db.queue import JobQueue
 from agent.errors import RuntimeUnavailable, TrainyardError
-from agent.execution import AttemptExecution
+from agent.execution import Adoption, AttemptExecution
 from agent.gpus import Capacity
+from agent.jobs import Outcome
+from agent.logs import JobLogWriter, job_log_path
 from agent.metrics import RUNNING_ATTEMPTS
-from agent.reconcile import reconcile
+from agent.reconcile import plan
+from agent.records import ActiveAttempt, AttemptResult, Claim
 from agent.retry import RetryPolicy
-from agent.runtime.docker_runner import DockerRunner
+from agent.runtime.docker_runner import AGENT_LABEL, DockerRunner
 from agent.scheduling import Free
 
 log = logging.getLogger("trainyard.agent")
@@ -47,6 +50,7 @@ class Agent:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._lock = threading.Lock()
+        self._reconcile_lock = threading.Lock()  # two passes at once could adopt a container twice
         self._running: dict[str, tuple[AttemptExecution, threading.Thread]] = {}
         self._thread: threading.Thread | None = None
         self._engine_error: str | None = None
@@ -56,7 +60,7 @@ class Agent:
     # --- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._reconcile_until_done()
+        self._reconcile_safely()
         self._thread = threading.Thread(target=self._loop, name="agent-loop", daemon=True)
         self._thread.start()
         log.info(
@@ -107,6 +111,7 @@ class Agent:
 
     def _loop(self) -> None:
         last_cancel_poll = 0.0
+        last_reconcile = time.monotonic()
         while not self._stopping.is_set():
             try:
                 now = time.monotonic()
@@ -114,6 +119,9 @@ class Agent:
                     last_cancel_poll = now
                     self._poll_cancels_and_renew()
                 if self._engine_ready():
+                    if now - last_reconcile >= self.settings.reconcile_interval:
+                        last_reconcile = now
+                        self._reconcile_safely()
                     self._fill()
             except TrainyardError as exc:
                 log.warning("agent loop: %s", exc)
@@ -147,12 +155,13 @@ class Agent:
             if self._engine_error is None:
                 log.error("Docker engine unavailable: %s", exc)
             self._engine_error = str(exc)
+            self._reconcile_pending = True  # what the outage left behind is cleared once back
             return False
         if self._engine_error is not None:
             log.info("Docker engine is back")
         self._engine_error = None
         if self._reconcile_pending:
-            self._reconcile_until_done()
+            self._reconcile_safely()
         return self._engine_error is None
 
     def _free(self) -> Free:
@@ -171,28 +180,32 @@ class Agent:
             claim = self.queue.claim(self.settings.agent_id, free, lease_seconds=self.lease_seconds)
             if claim is None:
                 return
-            execution = AttemptExecution(
-                claim,
-                settings=self.settings,
-                queue=self.queue,
-                runtime=self.runtime,
-                policy=self.policy,
-                on_done=self._finished,
-            )
-            thread = threading.Thread(
-                target=execution.run, name=f"job-{claim.job.id[:8]}-{claim.attempt}", daemon=True
-            )
-            with self._lock:
-                self._running[claim.job.id] = (execution, thread)
-                RUNNING_ATTEMPTS.set(len(self._running))
-            thread.start()
+            self._launch(claim)
+
+    def _launch(self, claim: Claim, adopt: Adoption | None = None) -> None:
+        execution = AttemptExecution(
+            claim,
+            settings=self.settings,
+            queue=self.queue,
+            runtime=self.runtime,
+            policy=self.policy,
+            on_done=self._finished,
+            adopt=adopt,
+        )
+        thread = threading.Thread(
+            target=execution.run, name=f"job-{claim.job.id[:8]}-{claim.attempt}", daemon=True
+        )
+        with self._lock:
+            self._running[claim.job.id] = (execution, thread)
+            RUNNING_ATTEMPTS.set(len(self._running))
+        thread.start()
 
     def _finished(self, execution: AttemptExecution) -> None:
         with self._lock:
             self._running.pop(execution.job_id, None)
             RUNNING_ATTEMPTS.set(len(self._running))
-        if self._engine_error is None and execution.container_id is None:
-            self.check_engine()
+        if self._engine_error is None:
+            self.check_engine()  # an attempt that failed on the engine may mean it is gone
         self._wake.set()
 
     def _poll_cancels_and_renew(self) -> None:
@@ -208,11 +221,74 @@ class Agent:
             lease_seconds=self.lease_seconds,
         )
 
-    def _reconcile_until_done(self) -> None:
+    # --- reconciliation ------------------------------------------------------------------------
+
+    def _reconcile_safely(self) -> None:
         self._reconcile_pending = True
         try:
-            reconcile(self.settings, self.queue, self.runtime, self.policy)
+            with self._reconcile_lock:
+                self.reconcile()
             self._reconcile_pending = False
         except RuntimeUnavailable as exc:
             self._engine_error = str(exc)
             log.error("reconcile postponed, Docker engine unavailable: %s", exc)
+        except TrainyardError as exc:
+            log.warning("reconcile failed, will try again: %s", exc)
+
+    def reconcile(self) -> None:
+        """Adopt, remove or requeue whatever the engine and the database disagree on."""
+        agent_id = self.settings.agent_id
+        containers = self.runtime.find(**{AGENT_LABEL: agent_id})
+        active = self.queue.active_attempts(agent_id)
+        # Read last: a claim made meanwhile is registered here before its container exists.
+        with self._lock:
+            in_process = {(ex.job_id, ex.claim.attempt) for ex, _ in self._running.values()}
+        todo = plan(containers, active, in_process)
+        for state in todo.remove:
+            if self.runtime.remove(state.id):
+                log.info("reconcile: removed container %s (%s)", state.id[:12], state.labels)
+        for attempt in todo.lost:
+            self._record_lost(attempt)
+        for attempt, state in todo.adopt:
+            log.info(
+                "reconcile: job %s attempt %d: adopting container %s (%s)",
+                attempt.job_id,
+                attempt.attempt,
+                state.id[:12],
+                state.status,
+            )
+            claim = Claim(
+                job=self.queue.get(attempt.job_id),
+                attempt=attempt.attempt,
+                lease_token=attempt.lease_token,
+                gpu_ids=attempt.gpu_ids,
+            )
+            self._launch(claim, Adoption(state, attempt.status, attempt.started_at))
+
+    def _record_lost(self, attempt: ActiveAttempt) -> None:
+        reason = "the agent restarted and the attempt's container was gone"
+        job = self.queue.get(attempt.job_id)
+        claim = Claim(job, attempt.attempt, attempt.lease_token, attempt.gpu_ids)
+        decision = self.policy.decide(
+            Outcome.INFRA_ERROR,
+            exit_code=None,
+            retries_used=job.retries_used,
+            max_retries=job.max_retries,
+            infra_retries_used=job.infra_retries_used,
+        )
+        try:
+            status = self.queue.finish(
+                claim, attempt.status, AttemptResult(Outcome.INFRA_ERROR.value, reason), decision
+            )
+        except TrainyardError as exc:  # it moved on meanwhile: nothing is lost
+            log.info("reconcile: job %s attempt %d: %s", job.id, attempt.attempt, exc)
+            return
+        with JobLogWriter(
+            job_log_path(self.settings.log_dir, job.id),
+            max_bytes=self.settings.log_max_bytes,
+            backup_count=self.settings.log_backup_count,
+        ) as writer:
+            writer.agent(f"infra_error: {reason}; job {status.value}", attempt=attempt.attempt)
+        log.info(
+            "reconcile: job %s attempt %d: %s; job %s", job.id, attempt.attempt, reason, status
+        )

@@ -61,6 +61,8 @@ class JobOut(BaseModel):
     timeout_seconds: int | None
     max_retries: int
     priority: int
+    retry_on: list[str] | None
+    non_retryable_exit_codes: list[int]
     outcome: str | None = Field(description="How the latest attempt ended.")
     exit_code: int | None
     reason: str | None
@@ -97,6 +99,8 @@ class JobOut(BaseModel):
             timeout_seconds=job.timeout_seconds,
             max_retries=job.max_retries,
             priority=job.priority,
+            retry_on=job.retry_on,
+            non_retryable_exit_codes=job.non_retryable_exit_codes,
             outcome=job.outcome,
             exit_code=job.exit_code,
             reason=job.reason,

@@ -71,6 +71,8 @@ class JobRow(Base):
     timeout_seconds: Mapped[int | None] = mapped_column(Integer, default=None)
     max_retries: Mapped[int] = mapped_column(Integer)
     priority: Mapped[int] = mapped_column(Integer, default=0)
+    retry_on: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    non_retryable_exit_codes: Mapped[list[int]] = mapped_column(JSON, default=list)
 
     status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text, default=None)

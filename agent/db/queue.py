@@ -73,6 +73,8 @@ class JobQueue:
                 timeout_seconds=new.timeout_seconds,
                 max_retries=new.max_retries,
                 priority=new.priority,
+                retry_on=new.retry_on,
+                non_retryable_exit_codes=new.non_retryable_exit_codes,
                 status=JobStatus.QUEUED.value,
                 attempt_count=0,
                 retries_used=0,
@@ -418,6 +420,7 @@ class JobQueue:
                     memory_bytes=att.memory_bytes,
                     cpus=att.cpus,
                     gpu_ids=tuple(att.gpu_ids),
+                    started_at=att.started_at,
                 )
                 for job, att in rows
             ]
@@ -550,5 +553,7 @@ def _job(row: JobRow, attempts: Iterable[AttemptRow]) -> Job:
         agent_id=row.agent_id,
         cancel_requested_at=row.cancel_requested_at,
         cancel_requested_by=row.cancel_requested_by,
+        retry_on=list(row.retry_on) if row.retry_on is not None else None,
+        non_retryable_exit_codes=list(row.non_retryable_exit_codes or []),
         attempts=[_attempt(a) for a in attempts],
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import struct
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -202,6 +203,26 @@ class DockerRunner:
             raise translate(exc, "read logs") from exc
         finally:
             response.close()
+
+    def events(self, container_id: str, *, since: float, actions: list[str]) -> list[str]:
+        """The engine's events of these kinds (e.g. "oom", "kill") for one container."""
+        # `until` a moment ahead makes the engine answer what it has and close the stream.
+        until = time.time() + 0.3
+        stream = _call(
+            "read engine events",
+            lambda: self.client.api.events(
+                since=f"{since:.9f}",
+                until=f"{until:.9f}",
+                filters={"container": [container_id], "event": actions},
+                decode=True,
+            ),
+        )
+        try:
+            return [str(event.get("Action", "")) for event in stream]
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise translate(exc, "read engine events") from exc
+        finally:
+            stream.close()
 
     def wait(self, container_id: str) -> int:
         """Block until the container exits (no HTTP timeout: deadlines are the caller's)."""

@@ -121,7 +121,7 @@ def _stop_cleanly(proc: Proc) -> None:
     assert proc.log.read_text().rstrip().endswith(f"Finished server process [{proc.popen.pid}]")
 
 
-def test_a_killed_agent_leaves_nothing_behind_once_restarted(
+def test_a_killed_agent_re_attaches_to_its_running_container(
     tmp_path: Path,
     procs: list[Proc],
     start_harness: Callable[..., Harness],
@@ -134,7 +134,8 @@ def test_a_killed_agent_leaves_nothing_behind_once_restarted(
     agent = Proc(["agent"], env, tmp_path / "agent.log")
     procs.append(agent)
 
-    job = api.submit({"params": {"epochs": 4, "epoch_seconds": 0.5}})
+    # Long enough to outlive the agent's restart (about 2-3 s here).
+    job = api.submit({"params": {"epochs": 4, "epoch_seconds": 3}})
     api.wait_for(job["id"], lambda j: '"epoch": 1' in api.logs(j["id"]))
     assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
     orphans = api.containers()
@@ -145,8 +146,48 @@ def test_a_killed_agent_leaves_nothing_behind_once_restarted(
     procs.append(restarted)
     done = api.wait_final(job["id"])
     assert done["status"] == "succeeded", done
-    assert [a["outcome"] for a in done["attempts"]] == ["infra_error", "succeeded"]
-    assert "agent restarted" in done["attempts"][0]["reason"]
+    # The container kept running while the agent was dead; the new agent took it over.
+    [attempt] = done["attempts"]
+    assert attempt["container_id"] == orphans[0]["Id"]
+    log = api.logs(job["id"])
+    assert f"re-attached to container {orphans[0]['Id'][:12]} (running)" in log
+    epochs = [line for line in log.splitlines() if '"epochs": 4' in line]
+    assert [int(line.split('"epoch": ')[1].split(",")[0]) for line in epochs] == [1, 2, 3, 4]
+    assert log.count("training complete") == 1
     assert docker_client.containers.list(all=True, filters={"id": orphans[0]["Id"]}) == []
     api.wait_no_containers()
     assert restarted.stop(signal.SIGTERM) == 0
+
+
+def test_a_container_that_finished_while_its_agent_was_dead_is_collected(
+    tmp_path: Path,
+    procs: list[Proc],
+    start_harness: Callable[..., Harness],
+    make_settings: Callable[..., Settings],
+    docker_client: docker.DockerClient,
+) -> None:
+    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'data' / 'trainyard.db'}")
+    api = start_harness(settings, with_agent=False)
+    env = _env(tmp_path, settings.agent_id)
+    agent = Proc(["agent"], env, tmp_path / "agent.log")
+    procs.append(agent)
+    job = api.submit({"params": {"epochs": 3, "epoch_seconds": 0.5}})
+    failing = api.submit({"params": {"epochs": 3, "fail_at_epoch": 2, "fail_exit_code": 4}})
+    for j in (job, failing):
+        api.wait_for(j["id"], lambda x: x["status"] == "running")
+    agent.stop(signal.SIGKILL)
+    for container in api.containers():
+        docker_client.api.wait(container["Id"], timeout=60)  # both exit while no agent watches
+
+    restarted = Proc(["agent"], env, tmp_path / "agent.log")
+    procs.append(restarted)
+    done = api.wait_final(job["id"])
+    assert done["status"] == "succeeded"
+    assert len(done["attempts"]) == 1
+    assert "(exited)" in api.logs(job["id"])
+    assert api.logs(job["id"]).count("training complete") == 1
+    failed = api.wait_final(failing["id"])
+    assert failed["attempts"][0]["exit_code"] == 4  # the real result, collected afterwards
+    assert failed["attempts"][0]["outcome"] == "user_error"
+    api.wait_no_containers()
+    restarted.stop(signal.SIGTERM)

@@ -173,6 +173,8 @@ FULL_SPEC: dict[str, Any] = {
     "timeout_seconds": 3600,
     "max_retries": 2,
     "priority": 10,
+    "retry_on": ["user_error", "oom"],
+    "non_retryable_exit_codes": [2, 64],
 }
 
 
@@ -208,6 +210,8 @@ def test_empty_spec_has_defaults() -> None:
         "timeout_seconds": None,
         "max_retries": None,
         "priority": 0,
+        "retry_on": None,
+        "non_retryable_exit_codes": [],
     }
 
 
@@ -463,3 +467,22 @@ def test_params_non_ascii_counted_in_escaped_form() -> None:
     error = only_error({"params": {"s": "é" * 11000}})
     assert error["loc"] == ("params",)
     assert JobSpec(params={"s": "é" * 10000}).params["s"] == "é" * 10000
+
+
+def test_retry_on_accepts_only_classes_worth_retrying() -> None:
+    assert JobSpec(retry_on=["oom", "timeout"]).retry_on == [Outcome.OOM, Outcome.TIMEOUT]
+    assert JobSpec(retry_on=[]).retry_on == []
+    for refused in ("cancelled", "infra_error", "succeeded"):
+        error = only_error({"retry_on": [refused]})
+        assert error["loc"] == ("retry_on",)
+        assert f"{refused} cannot be retried on request" in error["msg"]
+        assert "allowed: config_error, cuda_oom, oom, timeout, user_error" in error["msg"]
+    assert only_error({"retry_on": ["sometimes"]})["loc"] == ("retry_on", 0)
+
+
+def test_non_retryable_exit_codes_are_exit_codes() -> None:
+    assert JobSpec(non_retryable_exit_codes=[2, 3]).non_retryable_exit_codes == [2, 3]
+    assert only_error({"non_retryable_exit_codes": [256]})["loc"] == (
+        "non_retryable_exit_codes",
+        0,
+    )

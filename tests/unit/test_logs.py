@@ -315,3 +315,58 @@ def test_follow_stop_drains_then_returns(tmp_path: Path) -> None:
 
         lines = follow(path, from_lines=1, poll_interval=0.01, stop=stop)
         assert [number(line) for line in lines] == list(range(4, 65))
+
+
+# --- resuming after an agent restart (issue 3) -------------------------------------------------
+
+
+def _container_lines(path: Path) -> list[str]:
+    return [
+        line.split(" ", 2)[2]
+        for line in path.read_text().splitlines()
+        if line.split(" ", 2)[1] in ("stdout", "stderr")
+    ]
+
+
+def test_resume_point_counts_lines_sharing_the_newest_timestamp(tmp_path: Path) -> None:
+    path = tmp_path / "jobs" / "ab.log"
+    with JobLogWriter(path) as writer:
+        writer.container("stdout", "2026-11-22T10:00:00.000000001Z", "a")
+        writer.container("stdout", "2026-11-22T10:00:00.000000002Z", "b")
+        writer.container("stderr", "2026-11-22T10:00:00.000000002Z", "c")
+        writer.agent("not counted")
+        assert writer.resume_point() == ("2026-11-22T10:00:00.000000002Z", 2)
+    with JobLogWriter(path) as reopened:
+        assert reopened.resume_point() == ("2026-11-22T10:00:00.000000002Z", 2)
+
+
+def test_skip_through_drops_exactly_the_replayed_lines(tmp_path: Path) -> None:
+    path = tmp_path / "jobs" / "ab.log"
+    replay = [
+        ("stdout", "2026-11-22T10:00:00.000000001Z", "one"),
+        ("stdout", "2026-11-22T10:00:00.000000002Z", "two"),
+        ("stderr", "2026-11-22T10:00:00.000000002Z", "three"),
+        ("stdout", "2026-11-22T10:00:00.000000002Z", "four"),  # same instant, not written yet
+        ("stdout", "2026-11-22T10:00:00.000000003Z", "five"),
+    ]
+    with JobLogWriter(path) as first:
+        for line in replay[:3]:
+            first.container(*line)
+    with JobLogWriter(path) as second:
+        second.skip_through(second.resume_point())
+        for line in replay:  # the engine replays from the resume timestamp (inclusive) or earlier
+            second.container(*line)
+    assert _container_lines(path) == ["one", "two", "three", "four", "five"]
+
+
+def test_a_torn_last_line_is_dropped_on_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "jobs" / "ab.log"
+    with JobLogWriter(path) as writer:
+        writer.container("stdout", "2026-11-22T10:00:00.000000001Z", "whole")
+    with path.open("ab") as fh:
+        fh.write(b"2026-11-22T10:00:00.000000002Z stdout tor")  # killed mid-write
+    with JobLogWriter(path) as writer:
+        assert writer.resume_point() == ("2026-11-22T10:00:00.000000001Z", 1)
+        writer.skip_through(writer.resume_point())
+        writer.container("stdout", "2026-11-22T10:00:00.000000002Z", "torn line, whole again")
+    assert _container_lines(path) == ["whole", "torn line, whole again"]

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from agent.jobs import Outcome
-from agent.outcomes import ExitReport, classify
+from agent.outcomes import ExitReport, classify, is_cuda_oom_line
 
 CONFIG_REASON = "the command could not run in the image; check the job's command and image"
 
@@ -29,7 +29,8 @@ CONFIG_REASON = "the command could not run in the image; check the job's command
         (
             ExitReport(137, oom_killed=True),
             Outcome.OOM,
-            "killed for exceeding its memory limit of 2g",
+            "killed for exceeding its memory limit of 2g; "
+            "ask for more memory (resources.memory) or use less",
         ),
         (ExitReport(143, timed_out=True), Outcome.TIMEOUT, "ran past its timeout and was stopped"),
         (ExitReport(143, cancelled=True), Outcome.CANCELLED, "cancelled"),
@@ -45,7 +46,10 @@ def test_each_branch(report: ExitReport, outcome: Outcome, reason: str) -> None:
 def test_oom_reason_names_the_limit(limit: str) -> None:
     outcome, reason = classify(ExitReport(137, oom_killed=True), memory_limit=limit)
     assert outcome is Outcome.OOM
-    assert reason == f"killed for exceeding its memory limit of {limit}"
+    assert reason == (
+        f"killed for exceeding its memory limit of {limit}; "
+        "ask for more memory (resources.memory) or use less"
+    )
 
 
 def expected_outcome(cancelled: bool, timed_out: bool, oom: bool, code: int) -> Outcome:
@@ -82,3 +86,70 @@ def test_exit_report_defaults() -> None:
     assert ExitReport(3) == ExitReport(
         exit_code=3, oom_killed=False, engine_error="", cancelled=False, timed_out=False
     )
+
+
+# --- evidence beyond the exit code (issue 3) ---------------------------------------------------
+
+
+def test_exit_137_with_the_engines_oom_event_is_oom_without_the_flag() -> None:
+    outcome, reason = classify(ExitReport(137, oom_event=True), memory_limit="96m")
+    assert outcome is Outcome.OOM
+    assert "memory limit of 96m" in reason
+
+
+def test_an_oom_event_with_another_exit_code_is_not_oom() -> None:
+    # A child process was OOM-killed but the job handled it and exited on its own terms.
+    outcome, _ = classify(ExitReport(1, oom_event=True), memory_limit="96m")
+    assert outcome is Outcome.USER_ERROR
+
+
+def test_exit_137_without_evidence_stays_a_user_error() -> None:
+    assert classify(ExitReport(137), memory_limit="1g")[0] is Outcome.USER_ERROR
+
+
+@pytest.mark.parametrize("code", [137, 143])
+def test_a_kill_from_outside_is_an_infra_error(code: int) -> None:
+    outcome, reason = classify(ExitReport(code, killed_from_outside=True), memory_limit="1g")
+    assert outcome is Outcome.INFRA_ERROR
+    assert "stopped from outside the agent" in reason
+
+
+def test_a_kill_from_outside_does_not_hide_a_real_exit() -> None:
+    assert classify(ExitReport(3, killed_from_outside=True), memory_limit="1g")[0] is (
+        Outcome.USER_ERROR
+    )
+
+
+def test_cuda_oom_needs_a_failing_exit() -> None:
+    assert classify(ExitReport(1, cuda_oom=True), memory_limit="1g")[0] is Outcome.CUDA_OOM
+    assert classify(ExitReport(0, cuda_oom=True), memory_limit="1g")[0] is Outcome.SUCCEEDED
+    # The container's own memory limit wins over a GPU message.
+    assert classify(ExitReport(137, oom_killed=True, cuda_oom=True), memory_limit="1g")[0] is (
+        Outcome.OOM
+    )
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 15.78 GiB"
+        " total capacity; 14.2 GiB already allocated)",
+        "torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+        "RuntimeError: CUDA error: out of memory",
+        "RuntimeError: CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+        "cudaErrorMemoryAllocation: out of memory",
+        "jaxlib.xla_extension.XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory while trying to"
+        " allocate 17179869184 bytes.",
+        "ResourceExhaustedError: OOM when allocating tensor with shape[1024,1024]",
+    ],
+)
+def test_cuda_oom_messages_are_recognised(line: str) -> None:
+    assert is_cuda_oom_line(line)
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["epoch 3 loss 0.2", "MemoryError", "Killed", "checking CUDA memory usage: 3.1 GiB"],
+)
+def test_ordinary_lines_are_not_cuda_oom(line: str) -> None:
+    assert not is_cuda_oom_line(line)

@@ -207,3 +207,45 @@ def test_delay_never_negative_even_with_jitter_above_one() -> None:
     delays = [policy.delay(1) for _ in range(200)]
     assert min(delays) == 0.0
     assert max(delays) <= 20.0
+
+
+# --- a job's own retry rules (issue 3) ---------------------------------------------------------
+
+
+def _decide(outcome: Outcome, **kwargs: object) -> RetryDecision | None:
+    policy = RetryPolicy(jitter=0)
+    values: dict[str, object] = {
+        "exit_code": 1,
+        "retries_used": 0,
+        "max_retries": 3,
+        "infra_retries_used": 0,
+    }
+    values.update(kwargs)
+    return policy.decide(outcome, **values)  # type: ignore[arg-type]
+
+
+def test_retry_on_replaces_the_default_classes() -> None:
+    rules = frozenset({Outcome.OOM})
+    assert _decide(Outcome.OOM, retry_on=rules, exit_code=137) is not None
+    assert _decide(Outcome.USER_ERROR, retry_on=rules) is None
+    assert _decide(Outcome.USER_ERROR, retry_on=frozenset()) is None
+
+
+def test_retry_on_cannot_make_cancelled_retryable_nor_stop_infra_retries() -> None:
+    assert _decide(Outcome.CANCELLED, retry_on=frozenset({Outcome.CANCELLED})) is None
+    decision = _decide(Outcome.INFRA_ERROR, retry_on=frozenset())
+    assert decision is not None and not decision.uses_job_budget
+
+
+def test_non_retryable_exit_codes_are_final() -> None:
+    codes = frozenset({2})
+    assert _decide(Outcome.USER_ERROR, exit_code=2, non_retryable_exit_codes=codes) is None
+    assert _decide(Outcome.USER_ERROR, exit_code=3, non_retryable_exit_codes=codes) is not None
+
+
+def test_retry_on_still_respects_max_retries() -> None:
+    rules = frozenset({Outcome.TIMEOUT})
+    assert _decide(Outcome.TIMEOUT, retry_on=rules, retries_used=3) is None
+    decision = _decide(Outcome.TIMEOUT, retry_on=rules, retries_used=2)
+    assert decision is not None and decision.uses_job_budget
+    assert decision.delay_seconds == 20.0

@@ -1,0 +1,58 @@
+"""The reconcile plan: adopt, remove or requeue — pure."""
+
+from __future__ import annotations
+
+from agent.jobs import JobStatus
+from agent.reconcile import container_key, plan
+from agent.records import ActiveAttempt
+from agent.runtime.docker_runner import ContainerState
+
+
+def container(job_id: str | None, attempt: str | None, status: str = "running") -> ContainerState:
+    labels = {"trainyard.agent": "a1"}
+    if job_id is not None:
+        labels["trainyard.job_id"] = job_id
+    if attempt is not None:
+        labels["trainyard.attempt"] = attempt
+    return ContainerState(f"c-{job_id}-{attempt}", status, 0, False, "", labels)
+
+
+def active(job_id: str, attempt: int, status: JobStatus = JobStatus.RUNNING) -> ActiveAttempt:
+    return ActiveAttempt(job_id, attempt, "tok", status, None, 1, 1.0, ())
+
+
+def test_a_container_of_an_attempt_still_held_is_adopted() -> None:
+    c, a = container("j1", "2"), active("j1", 2)
+    result = plan([c], [a], set())
+    assert result.adopt == [(a, c)]
+    assert result.remove == [] and result.lost == []
+
+
+def test_containers_of_finished_or_unknown_jobs_or_old_attempts_are_removed() -> None:
+    finished = container("done", "1", "exited")
+    old_attempt = container("j1", "1", "exited")
+    unlabelled = container(None, None)
+    garbled = container("j2", "x")
+    result = plan([finished, old_attempt, unlabelled, garbled], [active("j1", 2)], set())
+    assert result.remove == [finished, old_attempt, unlabelled, garbled]
+    assert result.adopt == []
+    assert result.lost == [active("j1", 2)]  # attempt 2 has no container: lost
+
+
+def test_what_this_process_runs_is_left_alone() -> None:
+    c, a = container("j1", "1"), active("j1", 1)
+    result = plan([c], [a], {("j1", 1)})
+    assert result.empty
+    # Even without a container yet (it is being created right now).
+    assert plan([], [a], {("j1", 1)}).empty
+
+
+def test_an_attempt_without_container_or_thread_is_lost() -> None:
+    a = active("j1", 1, JobStatus.STARTING)
+    assert plan([], [a], set()).lost == [a]
+
+
+def test_container_key_reads_the_labels() -> None:
+    assert container_key(container("j1", "3")) == ("j1", 3)
+    assert container_key(container("j1", None)) is None
+    assert container_key(container(None, "1")) is None
