@@ -195,8 +195,8 @@ class JobLogWriter:
     def container(self, stream: str, timestamp: str, text: str) -> None:
         """Write container output; ``timestamp`` is Docker's RFC3339Nano string.
 
-        A timestamp that does not parse is replaced by the current time and does not count
-        for ``last_container_timestamp``.
+        A timestamp that does not parse is replaced by the previous container timestamp (the
+        current time when there is none).
         """
         if stream not in _CONTAINER_SOURCES:
             raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
@@ -205,13 +205,16 @@ class JobLogWriter:
         with self._lock:
             if normalized is not None and self._already_written(normalized):
                 return
-            self._write(normalized or _now_timestamp(), stream, pieces)
+            # A timestamp that does not parse takes the previous one, so the file (what a
+            # reopened writer reads) and this writer always agree on the resume point.
+            written = normalized or self._last_container_timestamp or _now_timestamp()
+            self._write(written, stream, pieces)
             last = self._last_container_timestamp
-            if normalized is not None and (last is None or normalized > last):
-                self._last_container_timestamp = normalized
-                self._lines_at_last = 1
-            elif normalized is not None and normalized == last:
-                self._lines_at_last += 1
+            if last is None or written > last:
+                self._last_container_timestamp = written
+                self._lines_at_last = len(pieces)
+            elif written == last:
+                self._lines_at_last += len(pieces)
 
     def _already_written(self, timestamp: str) -> bool:
         if self._skip is None:
