@@ -162,10 +162,9 @@ class AttemptExecution:
         assert self.adopt is not None
         number, state = self.claim.attempt, self.adopt.container
         self.container_id = state.id
-        writer.agent(
-            f"agent restarted: re-attached to container {state.id[:12]} ({state.status})",
-            attempt=number,
-        )
+        message = f"agent restarted: re-attached to container {state.id[:12]} ({state.status})"
+        writer.agent(message, attempt=number)
+        self.queue.note(self.claim, "reattached", f"attempt {number}: {message}")
         expected = self.adopt.status
         try:
             if expected is JobStatus.STARTING:

@@ -425,6 +425,21 @@ class JobQueue:
                 for job, att in rows
             ]
 
+    def note(self, claim: Claim, kind: str, message: str) -> None:
+        """An audit event that changes no state (e.g. an agent re-attached after a restart)."""
+        with self.db.transaction() as s:
+            _event(
+                s,
+                claim.job.id,
+                self.clock(),
+                kind,
+                None,
+                None,
+                _agent_of(s, claim),
+                message,
+                claim.attempt,
+            )
+
     def renew_leases(self, agent_id: str, tokens: Iterable[str], *, lease_seconds: float) -> None:
         tokens = list(tokens)
         if not tokens:

@@ -151,11 +151,13 @@ def test_a_killed_agent_re_attaches_to_its_running_container(
     assert attempt["container_id"] == orphans[0]["Id"]
     log = api.logs(job["id"])
     assert f"re-attached to container {orphans[0]['Id'][:12]} (running)" in log
+    kinds = [e["kind"] for e in api.client.get(f"/jobs/{job['id']}/events").json()]
+    assert kinds == ["submitted", "claimed", "started", "reattached", "finished"]
     epochs = [line for line in log.splitlines() if '"epochs": 4' in line]
     assert [int(line.split('"epoch": ')[1].split(",")[0]) for line in epochs] == [1, 2, 3, 4]
     assert log.count("training complete") == 1
-    assert docker_client.containers.list(all=True, filters={"id": orphans[0]["Id"]}) == []
     api.wait_no_containers()
+    assert docker_client.api.containers(all=True, filters={"id": orphans[0]["Id"]}) == []
     assert restarted.stop(signal.SIGTERM) == 0
 
 
