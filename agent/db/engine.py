@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+READ_ONLY = "trainyard_read_only"
 
 
 class Database:
@@ -31,6 +32,15 @@ class Database:
     def transaction(self) -> Iterator[Session]:
         with self._sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A read-only transaction. On SQLite it is a deferred BEGIN: under WAL a reader sees a
+        consistent snapshot without waiting for (or blocking) the agent's writes."""
+        with self.engine.connect() as conn:
+            conn.execution_options(**{READ_ONLY: True})
+            with Session(bind=conn, expire_on_commit=False) as session, session.begin():
+                yield session
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
@@ -71,4 +81,5 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_on_begin(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    read_only = conn.get_execution_options().get(READ_ONLY, False)
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

@@ -88,7 +88,7 @@ class JobQueue:
             return _job(row, [])
 
     def get(self, job_id: str) -> Job:
-        with self.db.transaction() as s:
+        with self.db.reading() as s:
             row = s.get(JobRow, job_id)
             if row is None:
                 raise JobNotFound(f"no job has id {job_id!r}")
@@ -104,7 +104,7 @@ class JobQueue:
         where: list[ColumnElement[bool]] = []
         if status is not None:
             where.append(JobRow.status == status.value)
-        with self.db.transaction() as s:
+        with self.db.reading() as s:
             total = s.scalar(select(func.count()).select_from(JobRow).where(*where)) or 0
             rows = s.scalars(
                 select(JobRow)
@@ -116,7 +116,7 @@ class JobQueue:
             return [_job(row, []) for row in rows], total
 
     def events(self, job_id: str) -> list[Event]:
-        with self.db.transaction() as s:
+        with self.db.reading() as s:
             if s.get(JobRow, job_id) is None:
                 raise JobNotFound(f"no job has id {job_id!r}")
             rows = s.scalars(
@@ -128,7 +128,7 @@ class JobQueue:
             ]
 
     def stats(self) -> Stats:
-        with self.db.transaction() as s:
+        with self.db.reading() as s:
             counts = {status.value: 0 for status in JobStatus}
             for status, count in s.execute(
                 select(JobRow.status, func.count()).group_by(JobRow.status)
@@ -212,7 +212,7 @@ class JobQueue:
         ids = list(job_ids)
         if not ids:
             return {}
-        with self.db.transaction() as s:
+        with self.db.reading() as s:
             rows = s.execute(
                 select(JobRow.id, JobRow.cancel_requested_by).where(
                     JobRow.id.in_(ids), JobRow.cancel_requested_at.is_not(None)
@@ -287,7 +287,7 @@ class JobQueue:
 
     def next_due(self) -> datetime | None:
         """When the earliest delayed retry becomes claimable."""
-        with self.db.transaction() as s:
+        with self.db.reading() as s:
             return s.scalar(
                 select(func.min(JobRow.not_before)).where(
                     JobRow.status == JobStatus.QUEUED.value, JobRow.not_before.is_not(None)
@@ -401,7 +401,7 @@ class JobQueue:
 
     def active_attempts(self, agent_id: str) -> list[ActiveAttempt]:
         """Attempts this agent holds according to the database."""
-        with self.db.transaction() as s:
+        with self.db.reading() as s:
             rows = s.execute(
                 select(JobRow, AttemptRow)
                 .join(
