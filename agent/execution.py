@@ -83,6 +83,7 @@ class AttemptExecution:
         self._stop_request: StopRequest | None = None
         self._stop_event = threading.Event()
         self.container_id: str | None = None
+        self.result: AttemptResult | None = None
         self._cuda_oom = False
 
     @property
@@ -116,6 +117,7 @@ class AttemptExecution:
         except Exception as exc:  # the agent must outlive any one job
             log.exception("job %s attempt %d: unexpected failure", job.id, number)
             result = AttemptResult(Outcome.INFRA_ERROR.value, f"agent failure: {exc}")
+        self.result = result
         try:
             if result is not None:
                 self._record(writer, expected, result, time.monotonic() - started)

@@ -204,8 +204,9 @@ class Agent:
         with self._lock:
             self._running.pop(execution.job_id, None)
             RUNNING_ATTEMPTS.set(len(self._running))
-        if self._engine_error is None:
-            self.check_engine()  # an attempt that failed on the engine may mean it is gone
+        result = execution.result
+        if self._engine_error is None and (result is None or result.outcome == "infra_error"):
+            self.check_engine()  # a platform failure may mean the engine is gone
         self._wake.set()
 
     def _poll_cancels_and_renew(self) -> None:
