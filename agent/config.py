@@ -54,7 +54,19 @@ class Settings(BaseSettings):
     max_concurrent_jobs: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     gpus: str = Field(default="auto", description="'auto', 'none', or device ids like '0,1,2,3'.")
     memory_reserve: str = "1g"
-    lease_seconds: float = Field(default=60.0, ge=5)
+    # Renewed every second, so a lease must outlast a few renewals.
+    lease_seconds: float = Field(default=60.0, ge=3)
+    heartbeat_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often an agent reports itself and checks others' leases.",
+    )
+    starvation_seconds: float | None = Field(
+        default=600.0,
+        ge=0,
+        description="Once the job at the head of the queue has waited this long, smaller jobs stop "
+        "backfilling around it on an agent where it could run.",
+    )
     reconcile_interval: float = Field(
         default=30.0, gt=0, description="How often the agent re-checks engine against database."
     )

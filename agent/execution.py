@@ -122,9 +122,17 @@ class AttemptExecution:
             if result is not None:
                 self._record(writer, expected, result, time.monotonic() - started)
         finally:
-            self._remove_container(writer)
+            gone = self._remove_container(writer)
+            if gone:
+                self._release()
             writer.close()
             self.on_done(self)
+
+    def _release(self) -> None:
+        try:
+            self.queue.release(self.settings.agent_id, self.job_id, self.claim.attempt)
+        except Exception as exc:  # reconcile releases it later
+            log.warning("job %s: could not release its resources: %s", self.job_id, exc)
 
     # --- the steps ---------------------------------------------------------------------------
 
@@ -204,7 +212,10 @@ class AttemptExecution:
         except ContainerError as exc:
             writer.agent(f"the container vanished: {exc}", attempt=number)
             return AttemptResult(Outcome.INFRA_ERROR.value, f"the container vanished: {exc}")
-        if report is None:  # the agent is shutting down
+        if report is None:
+            request = self._stop_request
+            if request is not None and request.reason == "lease_lost":
+                raise StaleState(f"job {self.job_id}: another agent took the job over")
             return AttemptResult(Outcome.INFRA_ERROR.value, "the agent shut down while the job ran")
         outcome, reason = classify(report, memory_limit=memory)
         if report.engine_error:
@@ -255,7 +266,10 @@ class AttemptExecution:
             request = self._stop_request
             if request is not None:
                 stopped_for = request.reason
-                verb = "cancel requested" if request.reason == "cancelled" else "agent stopping"
+                verb = {
+                    "cancelled": "cancel requested",
+                    "lease_lost": "lease lost (the job moved to another agent)",
+                }.get(request.reason, "agent stopping")
                 writer.agent(
                     f"{verb} by {request.actor}: stopping the container "
                     f"(SIGTERM, SIGKILL after {self.settings.stop_grace_seconds:g}s)",
@@ -277,7 +291,7 @@ class AttemptExecution:
                 if isinstance(failure[0], TrainyardError)
                 else RuntimeUnavailable(f"waiting for the container failed: {failure[0]}")
             )
-        if stopped_for == "shutdown":
+        if stopped_for in ("shutdown", "lease_lost"):
             return None
         state = self.runtime.inspect(container_id)
         code = state.exit_code if state.exit_code >= 0 else exit_code[0]
@@ -330,7 +344,12 @@ class AttemptExecution:
             ),
             non_retryable_exit_codes=frozenset(job.non_retryable_exit_codes),
         )
-        status = self.queue.finish(self.claim, expected, result, decision)
+        try:
+            status = self.queue.finish(self.claim, expected, result, decision)
+        except StaleState as exc:  # the lease moved on: the job's new owner writes its fate
+            writer.agent(f"result not stored: {exc}", attempt=number)
+            log.warning("job %s attempt %d: %s", job.id, number, exc)
+            return
         ATTEMPTS_FINISHED.labels(result.outcome).inc()
         ATTEMPT_SECONDS.observe(seconds)
         summary = f"finished: {result.outcome} ({result.reason})"
@@ -341,15 +360,18 @@ class AttemptExecution:
         writer.agent(summary, attempt=number)
         log.info("job %s attempt %d: %s", job.id, number, summary)
 
-    def _remove_container(self, writer: JobLogWriter) -> None:
+    def _remove_container(self, writer: JobLogWriter) -> bool:
+        """True once the container is confirmed gone (or never existed)."""
         if self.container_id is None:
-            return
+            return True
         try:
             self.runtime.remove(self.container_id)
-            writer.agent(f"container {self.container_id[:12]} removed", attempt=self.claim.attempt)
         except TrainyardError as exc:
             # Reconciliation removes it later; the job's result is already stored.
             log.warning("job %s: could not remove %s: %s", self.job_id, self.container_id, exc)
+            return False
+        writer.agent(f"container {self.container_id[:12]} removed", attempt=self.claim.attempt)
+        return True
 
     # --- the container ---------------------------------------------------------------------------
 

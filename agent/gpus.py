@@ -49,6 +49,20 @@ class Capacity:
     cpus: float
     gpu_ids: tuple[str, ...]
 
+    @property
+    def whole(self) -> Free:
+        """Everything, as if nothing were held: what could ever run here."""
+        return Free(self.slots, self.memory_bytes, self.cpus, self.gpu_ids)
+
+    def remaining(self, *, count: int, memory_bytes: int, cpus: float, gpus: set[str]) -> Free:
+        """What is left once `count` attempts holding this much are taken out."""
+        return Free(
+            slots=self.slots - count,
+            memory_bytes=self.memory_bytes - memory_bytes,
+            cpus=self.cpus - cpus,
+            gpu_ids=tuple(gpu for gpu in self.gpu_ids if gpu not in gpus),
+        )
+
     def free_after(self, held: list[tuple[int, float, tuple[str, ...]]]) -> Free:
         """What is left once the (memory, cpus, gpu ids) already held are taken out."""
         busy_gpus = {gpu for _, _, gpus in held for gpu in gpus}

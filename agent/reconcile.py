@@ -8,7 +8,9 @@ The plan is pure. Containers carry labels `trainyard.job_id`, `trainyard.attempt
 - any other container of this agent is **removed** (its job finished, was cancelled, moved on
   to a later attempt, or is unknown);
 - an attempt the database says this agent holds, with neither a container nor a thread, is
-  **lost**: recorded as `infra_error` and retried without spending the job's `max_retries`.
+  **lost**: recorded as `infra_error` and retried without spending the job's `max_retries`;
+- an attempt that is over but still holds resources in the ledger, with neither a container nor
+  a thread, is **released** (its container is confirmed gone).
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ class Plan:
     adopt: list[tuple[ActiveAttempt, ContainerState]] = field(default_factory=list)
     remove: list[ContainerState] = field(default_factory=list)
     lost: list[ActiveAttempt] = field(default_factory=list)
+    release: list[Key] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
-        return not (self.adopt or self.remove or self.lost)
+        return not (self.adopt or self.remove or self.lost or self.release)
 
 
 def container_key(state: ContainerState) -> Key | None:
@@ -45,12 +48,14 @@ def plan(
     containers: Iterable[ContainerState],
     active: Iterable[ActiveAttempt],
     in_process: set[Key],
+    unreleased: set[Key] | None = None,
 ) -> Plan:
     """What to do, given this agent's containers, its attempts in the database, and the
     attempts threads of this process are running right now (those are left alone)."""
     result = Plan()
     by_key = {(a.job_id, a.attempt): a for a in active}
     with_container: set[Key] = set()
+    containers = list(containers)
     for state in containers:
         key = container_key(state)
         if key is not None and key in in_process:
@@ -63,4 +68,9 @@ def plan(
     for key, attempt in by_key.items():
         if key not in in_process and key not in with_container:
             result.lost.append(attempt)
+    keys_with_containers = {container_key(state) for state in containers}
+    for key in sorted(unreleased or set()):
+        # Removed containers are released after their removal; lost ones after recording.
+        if key not in in_process and key not in by_key and key not in keys_with_containers:
+            result.release.append(key)
     return result

@@ -129,3 +129,23 @@ class Stats:
     success_rate: float | None
     mean_queue_wait_seconds: float | None
     mean_run_seconds: float | None
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    """A registered agent, what it offers and what it holds now."""
+
+    id: str
+    hostname: str
+    started_at: datetime
+    heartbeat_at: datetime
+    stopped_at: datetime | None
+    slots: int
+    memory_bytes: int
+    cpus: float
+    gpu_ids: list[str]
+    engine_error: str | None
+    running: int
+    held_memory_bytes: int
+    held_cpus: float
+    gpu_holders: dict[str, str]  # gpu id -> job id

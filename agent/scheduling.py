@@ -12,6 +12,7 @@ class Demand:
     memory_bytes: int
     cpus: float
     gpus: int
+    waiting_since: float = 0.0  # epoch seconds: when it (re)entered the queue
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,30 @@ class Free:
         )
 
 
-def pick(candidates: Iterable[Demand], free: Free) -> Demand | None:
-    """The first candidate (already in priority order) that fits what is free."""
-    for demand in candidates:
+def pick(
+    candidates: Iterable[Demand],
+    free: Free,
+    *,
+    capacity: Free | None = None,
+    now: float = 0.0,
+    starvation_seconds: float | None = None,
+) -> Demand | None:
+    """The job to start now, from candidates already in priority order (then oldest first).
+
+    The head is the first candidate this agent could ever run (it fits `capacity`). If it fits
+    what is free, it starts. If not, a later, smaller job may run in the gap (backfill) — unless
+    the head has waited `starvation_seconds` or more: then nothing new starts here until the
+    head fits, so a big job is never starved by a stream of small ones.
+    """
+    runnable = (d for d in candidates if capacity is None or capacity.fits(d))
+    head = next(runnable, None)  # lazily: stop reading candidates at the first fit
+    if head is None:
+        return None
+    if free.fits(head):
+        return head
+    if starvation_seconds is not None and now - head.waiting_since >= starvation_seconds:
+        return None
+    for demand in runnable:
         if free.fits(demand):
             return demand
     return None

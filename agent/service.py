@@ -5,17 +5,17 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agent.config import Settings
 from agent.db.engine import Database
 from agent.db.queue import JobQueue
 from agent.errors import InvalidJobSpec, RuntimeUnavailable
-from agent.gpus import Capacity
 from agent.jobs import JobSpec, JobStatus
 from agent.logs import follow, job_log_path, tail
 from agent.metrics import JOBS_REJECTED, JOBS_SUBMITTED, QUEUE_DEPTH
-from agent.records import Event, Job, NewJob, Stats
+from agent.records import AgentInfo, Event, Job, NewJob, Stats
 from agent.runtime.docker_runner import DockerRunner
 from agent.units import format_memory, parse_memory
 from agent.worker import Agent
@@ -38,14 +38,12 @@ class TrainyardService:
         *,
         runtime: DockerRunner | None = None,
         agent: Agent | None = None,
-        capacity: Capacity | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.queue = queue
         self.runtime = runtime
         self.agent = agent
-        self.capacity = capacity
 
     # --- jobs ------------------------------------------------------------------------------
 
@@ -89,24 +87,65 @@ class TrainyardService:
         )
 
     def _check_fits(self, new: NewJob) -> None:
-        """Refuse at once what the agent could never run, rather than queue it forever."""
-        cap = self.capacity
-        if cap is None:
-            return
+        """Refuse at once what no live agent could ever run, rather than queue it forever.
+
+        With no live agent registered (agents may join later) the job is accepted; it then
+        shows why it waits (`unschedulable_reason`)."""
+        reason = self.unschedulable_reason(new.memory_bytes, new.cpus, new.gpus)
+        if reason is not None:
+            raise InvalidJobSpec(reason)
+
+    def live_agents(self) -> list[AgentInfo]:
+        limit = timedelta(seconds=max(3 * self.settings.heartbeat_seconds, 15))
+        now = datetime.now(UTC)
+        return [
+            a for a in self.queue.agents() if a.stopped_at is None and now - a.heartbeat_at <= limit
+        ]
+
+    def unschedulable_reasons(self, jobs: list[Job]) -> dict[str, str]:
+        """Why each queued job cannot run on any live agent (only those that cannot)."""
+        queued = [j for j in jobs if j.status is JobStatus.QUEUED]
+        if not queued:
+            return {}
+        agents = self.live_agents()
+        reasons = {}
+        for job in queued:
+            reason = self.unschedulable_reason(job.memory_bytes, job.cpus, job.gpus, agents)
+            if reason is not None:
+                reasons[job.id] = reason
+        return reasons
+
+    def unschedulable_reason(
+        self, memory_bytes: int, cpus: float, gpus: int, agents: list[AgentInfo] | None = None
+    ) -> str | None:
+        agents = self.live_agents() if agents is None else agents
+        if not agents:
+            return None
+        if any(_fits(a, memory_bytes, cpus, gpus) for a in agents):
+            return None
         problems = []
-        if new.memory_bytes > cap.memory_bytes:
+        if memory_bytes > max(a.memory_bytes for a in agents):
             problems.append(
-                f"resources.memory {format_memory(new.memory_bytes)} is more than the agent "
-                f"offers ({format_memory(cap.memory_bytes)})"
+                f"resources.memory {format_memory(memory_bytes)} is more than any agent offers "
+                f"(largest: {format_memory(max(a.memory_bytes for a in agents))})"
             )
-        if new.cpus > cap.cpus:
-            problems.append(f"resources.cpus {new.cpus:g} is more than the agent's {cap.cpus:g}")
-        if new.gpus > len(cap.gpu_ids):
+        if cpus > max(a.cpus for a in agents):
             problems.append(
-                f"resources.gpus {new.gpus} is more than the agent has ({len(cap.gpu_ids)})"
+                f"resources.cpus {cpus:g} is more than any agent's "
+                f"(largest: {max(a.cpus for a in agents):g})"
             )
-        if problems:
-            raise InvalidJobSpec("; ".join(problems))
+        if gpus > max(len(a.gpu_ids) for a in agents):
+            problems.append(
+                f"resources.gpus {gpus} is more than any agent has "
+                f"(largest: {max(len(a.gpu_ids) for a in agents)})"
+            )
+        if not problems:  # each fits some agent, but no single agent has all of it
+            offers = ", ".join(
+                f"{a.id}: {format_memory(a.memory_bytes)}, {a.cpus:g} cpus, {len(a.gpu_ids)} gpus"
+                for a in agents
+            )
+            problems.append(f"no single agent offers all of it ({offers})")
+        return "; ".join(problems)
 
     def cancel(self, job_id: str, *, actor: str = "api") -> Job:
         job = self.queue.request_cancel(job_id, actor)
@@ -116,6 +155,9 @@ class TrainyardService:
 
     def get(self, job_id: str) -> Job:
         return self.queue.get(job_id)
+
+    def agents(self) -> list[AgentInfo]:
+        return self.queue.agents()
 
     def list_jobs(
         self, *, status: JobStatus | None, limit: int, offset: int
@@ -179,3 +221,7 @@ class TrainyardService:
                 "slots": self.agent.capacity.slots,
             }
         return Health(ok=all(check["ok"] for check in checks.values()), checks=checks)
+
+
+def _fits(agent: AgentInfo, memory_bytes: int, cpus: float, gpus: int) -> bool:
+    return memory_bytes <= agent.memory_bytes and cpus <= agent.cpus and gpus <= len(agent.gpu_ids)

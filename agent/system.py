@@ -54,7 +54,6 @@ class System:
             queue,
             runtime=runtime,
             agent=agent,
-            capacity=capacity if with_agent else None,
         )
         return cls(settings, db, queue, runtime, agent, service)
 

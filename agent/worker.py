@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from datetime import UTC, datetime
@@ -15,11 +16,10 @@ from agent.gpus import Capacity
 from agent.jobs import Outcome
 from agent.logs import JobLogWriter, job_log_path
 from agent.metrics import RUNNING_ATTEMPTS
-from agent.reconcile import plan
+from agent.reconcile import container_key, plan
 from agent.records import ActiveAttempt, AttemptResult, Claim
 from agent.retry import RetryPolicy
 from agent.runtime.docker_runner import AGENT_LABEL, DockerRunner
-from agent.scheduling import Free
 
 log = logging.getLogger("trainyard.agent")
 
@@ -60,6 +60,7 @@ class Agent:
     # --- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.queue.register_agent(self.settings.agent_id, socket.gethostname(), self.capacity)
         self._reconcile_safely()
         self._thread = threading.Thread(target=self._loop, name="agent-loop", daemon=True)
         self._thread.start()
@@ -85,6 +86,10 @@ class Agent:
         for _, thread in running:
             thread.join(timeout)
         self.runtime.close()
+        try:
+            self.queue.agent_stopped(self.settings.agent_id)
+        except Exception as exc:  # the database may be the reason we stop
+            log.warning("could not record the agent's stop: %s", exc)
 
     def wake(self) -> None:
         """New work may be claimable (called in-process on submit): no polling delay."""
@@ -110,7 +115,7 @@ class Agent:
     # --- the loop ------------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        last_cancel_poll = 0.0
+        last_cancel_poll = last_heartbeat = 0.0
         last_reconcile = time.monotonic()
         while not self._stopping.is_set():
             try:
@@ -118,6 +123,10 @@ class Agent:
                 if now - last_cancel_poll >= CANCEL_POLL_SECONDS:
                     last_cancel_poll = now
                     self._poll_cancels_and_renew()
+                if now - last_heartbeat >= self.settings.heartbeat_seconds:
+                    last_heartbeat = now
+                    self.queue.heartbeat(self.settings.agent_id, engine_error=self._engine_error)
+                    self._requeue_expired()
                 if self._engine_ready():
                     if now - last_reconcile >= self.settings.reconcile_interval:
                         last_reconcile = now
@@ -164,20 +173,14 @@ class Agent:
             self._reconcile_safely()
         return self._engine_error is None
 
-    def _free(self) -> Free:
-        with self._lock:
-            held = [
-                (ex.claim.job.memory_bytes, ex.claim.job.cpus, ex.claim.gpu_ids)
-                for ex, _ in self._running.values()
-            ]
-        return self.capacity.free_after(held)
-
     def _fill(self) -> None:
         while not self._stopping.is_set():
-            free = self._free()
-            if free.slots <= 0:
-                return
-            claim = self.queue.claim(self.settings.agent_id, free, lease_seconds=self.lease_seconds)
+            claim = self.queue.claim(
+                self.settings.agent_id,
+                self.capacity,
+                lease_seconds=self.lease_seconds,
+                starvation_seconds=self.settings.starvation_seconds,
+            )
             if claim is None:
                 return
             self._launch(claim)
@@ -216,11 +219,26 @@ class Agent:
             return
         for job_id, actor in self.queue.cancel_requested(entries).items():
             entries[job_id].request_stop("cancelled", actor)
-        self.queue.renew_leases(
+        renewed = self.queue.renew_leases(
             self.settings.agent_id,
             [ex.claim.lease_token for ex in entries.values()],
             lease_seconds=self.lease_seconds,
         )
+        for execution in entries.values():
+            if execution.claim.lease_token not in renewed and execution.result is None:
+                # Another agent took the job over: stop here; only its new owner may write.
+                execution.request_stop("lease_lost", f"agent {self.settings.agent_id}")
+
+    def _requeue_expired(self) -> None:
+        """Jobs whose agent stopped renewing its lease go back to the queue as infra_error."""
+        with self._lock:
+            mine = {(ex.job_id, ex.claim.attempt) for ex, _ in self._running.values()}
+        for agent_id, attempt in self.queue.expired():
+            if (attempt.job_id, attempt.attempt) in mine:
+                continue  # ours and alive: the next renewal extends it
+            self._record_infra_error(
+                attempt, f"agent {agent_id} stopped renewing its lease", release=False
+            )
 
     # --- reconciliation ------------------------------------------------------------------------
 
@@ -241,15 +259,23 @@ class Agent:
         agent_id = self.settings.agent_id
         containers = self.runtime.find(**{AGENT_LABEL: agent_id})
         active = self.queue.active_attempts(agent_id)
+        unreleased = self.queue.unreleased(agent_id)
         # Read last: a claim made meanwhile is registered here before its container exists.
         with self._lock:
             in_process = {(ex.job_id, ex.claim.attempt) for ex, _ in self._running.values()}
-        todo = plan(containers, active, in_process)
+        todo = plan(containers, active, in_process, unreleased)
         for state in todo.remove:
             if self.runtime.remove(state.id):
                 log.info("reconcile: removed container %s (%s)", state.id[:12], state.labels)
+            key = container_key(state)
+            if key is not None and key in unreleased:
+                self.queue.release(agent_id, *key)
+        for job_id, number in todo.release:
+            self.queue.release(agent_id, job_id, number)
         for attempt in todo.lost:
-            self._record_lost(attempt)
+            self._record_infra_error(
+                attempt, "the agent restarted and the attempt's container was gone", release=True
+            )
         for attempt, state in todo.adopt:
             log.info(
                 "reconcile: job %s attempt %d: adopting container %s (%s)",
@@ -266,8 +292,7 @@ class Agent:
             )
             self._launch(claim, Adoption(state, attempt.status, attempt.started_at))
 
-    def _record_lost(self, attempt: ActiveAttempt) -> None:
-        reason = "the agent restarted and the attempt's container was gone"
+    def _record_infra_error(self, attempt: ActiveAttempt, reason: str, *, release: bool) -> None:
         job = self.queue.get(attempt.job_id)
         claim = Claim(job, attempt.attempt, attempt.lease_token, attempt.gpu_ids)
         decision = self.policy.decide(
@@ -284,6 +309,9 @@ class Agent:
         except TrainyardError as exc:  # it moved on meanwhile: nothing is lost
             log.info("reconcile: job %s attempt %d: %s", job.id, attempt.attempt, exc)
             return
+        finally:
+            if release:  # no container exists for it: its resources are free
+                self.queue.release(self.settings.agent_id, job.id, attempt.attempt)
         with JobLogWriter(
             job_log_path(self.settings.log_dir, job.id),
             max_bytes=self.settings.log_max_bytes,

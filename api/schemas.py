@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.jobs import JobStatus, check_params
-from agent.records import Attempt, Event, Job, Stats
+from agent.records import AgentInfo, Attempt, Event, Job, Stats
 from agent.units import format_memory
 
 
@@ -76,12 +76,17 @@ class JobOut(BaseModel):
     agent_id: str | None
     cancel_requested_at: datetime | None
     cancel_requested_by: str | None
+    unschedulable_reason: str | None = Field(
+        default=None, description="Why no live agent can run this queued job, if none can."
+    )
     attempts: list[AttemptOut] | None = Field(
         default=None, description="Every container run (only on GET /jobs/{id})."
     )
 
     @classmethod
-    def of(cls, job: Job, *, with_attempts: bool = False) -> JobOut:
+    def of(
+        cls, job: Job, *, with_attempts: bool = False, unschedulable: str | None = None
+    ) -> JobOut:
         return cls(
             id=job.id,
             status=job.status,
@@ -114,6 +119,7 @@ class JobOut(BaseModel):
             agent_id=job.agent_id,
             cancel_requested_at=job.cancel_requested_at,
             cancel_requested_by=job.cancel_requested_by,
+            unschedulable_reason=unschedulable,
             attempts=[AttemptOut.of(a) for a in job.attempts] if with_attempts else None,
         )
 
@@ -193,3 +199,50 @@ class TrainRequest(BaseModel):
         if self.learning_rate is not None:
             params["learning_rate"] = self.learning_rate
         return params
+
+
+class AgentOut(BaseModel):
+    id: str
+    hostname: str
+    alive: bool
+    started_at: datetime
+    heartbeat_at: datetime
+    stopped_at: datetime | None
+    engine_error: str | None
+    slots: int
+    running: int
+    memory: dict[str, Any] = Field(description="total / held / free, in bytes and as text")
+    cpus: dict[str, float]
+    gpus: dict[str, Any] = Field(description="ids, free ids, and which job holds each held id")
+
+    @classmethod
+    def of(cls, agent: AgentInfo, *, alive: bool) -> AgentOut:
+        free_memory = max(0, agent.memory_bytes - agent.held_memory_bytes)
+        return cls(
+            id=agent.id,
+            hostname=agent.hostname,
+            alive=alive,
+            started_at=agent.started_at,
+            heartbeat_at=agent.heartbeat_at,
+            stopped_at=agent.stopped_at,
+            engine_error=agent.engine_error,
+            slots=agent.slots,
+            running=agent.running,
+            memory={
+                "total_bytes": agent.memory_bytes,
+                "held_bytes": agent.held_memory_bytes,
+                "free_bytes": free_memory,
+                "total": format_memory(agent.memory_bytes),
+                "free": format_memory(free_memory) if free_memory else "0",
+            },
+            cpus={
+                "total": agent.cpus,
+                "held": round(agent.held_cpus, 3),
+                "free": round(agent.cpus - agent.held_cpus, 3),
+            },
+            gpus={
+                "ids": agent.gpu_ids,
+                "free": [g for g in agent.gpu_ids if g not in agent.gpu_holders],
+                "held": agent.gpu_holders,
+            },
+        )

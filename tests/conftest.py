@@ -69,7 +69,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'data' / 'trainyard.db'}"
     url: str = request.getfixturevalue("pg_database")
     with psycopg.connect(url.replace("+psycopg", "")) as conn:
-        conn.execute("TRUNCATE jobs, attempts, events RESTART IDENTITY CASCADE")
+        conn.execute("TRUNCATE jobs, attempts, events, gpu_holds, agents RESTART IDENTITY CASCADE")
     return url
 
 

@@ -97,7 +97,10 @@ class JobRow(Base):
 
 class AttemptRow(Base):
     __tablename__ = "attempts"
-    __table_args__ = (UniqueConstraint("job_id", "number", name="uq_attempts_job_number"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "number", name="uq_attempts_job_number"),
+        Index("ix_attempts_agent_unreleased", "agent_id", "released_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
@@ -115,6 +118,37 @@ class AttemptRow(Base):
     oom_killed: Mapped[bool | None] = mapped_column(Boolean, default=None)
     outcome: Mapped[str | None] = mapped_column(String(16), default=None)
     reason: Mapped[str | None] = mapped_column(Text, default=None)
+    # Set once the container is confirmed gone: only then are its memory, CPUs and GPUs free.
+    released_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class GpuHoldRow(Base):
+    """The GPU ledger: the primary key makes holding one device twice impossible."""
+
+    __tablename__ = "gpu_holds"
+
+    agent_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    gpu_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    acquired_at: Mapped[datetime]
+
+
+class AgentRow(Base):
+    """Agents register what they can hand out and heartbeat."""
+
+    __tablename__ = "agents"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    started_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]
+    slots: Mapped[int] = mapped_column(Integer)
+    memory_bytes: Mapped[int] = mapped_column(BigInteger)
+    cpus: Mapped[float] = mapped_column(Float)
+    gpu_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    engine_error: Mapped[str | None] = mapped_column(Text, default=None)
+    stopped_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class EventRow(Base):

@@ -7,15 +7,17 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, or_, select, text, update
+from sqlalchemy import ColumnElement, Select, delete, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from agent.db.engine import Database
-from agent.db.models import AttemptRow, EventRow, JobRow
+from agent.db.models import AgentRow, AttemptRow, EventRow, GpuHoldRow, JobRow
 from agent.errors import InvalidTransition, JobNotFound, QueueFull, StaleState
+from agent.gpus import Capacity
 from agent.jobs import JobStatus, check_transition
 from agent.records import (
     ActiveAttempt,
+    AgentInfo,
     Attempt,
     AttemptResult,
     Claim,
@@ -222,10 +224,25 @@ class JobQueue:
 
     # --- agent side ------------------------------------------------------------------------
 
-    def claim(self, agent_id: str, free: Free, *, lease_seconds: float) -> Claim | None:
-        """Atomically take the first queued job (priority, then age) that fits `free`."""
+    def claim(
+        self,
+        agent_id: str,
+        capacity: Capacity,
+        *,
+        lease_seconds: float,
+        starvation_seconds: float | None = None,
+    ) -> Claim | None:
+        """Atomically take the job to start next on this agent, by what the ledger says is free.
+
+        Order is priority, then age; smaller jobs backfill behind a head that does not fit,
+        until the head has waited `starvation_seconds`. The job's GPUs go into the ledger in
+        the same transaction, whose primary key refuses any device already held.
+        """
         now = self.clock()
         with self.db.transaction() as s:
+            free = self._free(s, agent_id, capacity)
+            if free.slots <= 0:
+                return None
             query: Select[JobRow] = (
                 select(JobRow)
                 .where(
@@ -239,7 +256,20 @@ class JobQueue:
                 query = query.with_for_update(skip_locked=True)
             rows = {row.id: row for row in s.scalars(query)}
             chosen = pick(
-                (Demand(r.id, r.memory_bytes, r.cpus, r.gpus) for r in rows.values()), free
+                (
+                    Demand(
+                        r.id,
+                        r.memory_bytes,
+                        r.cpus,
+                        r.gpus,
+                        waiting_since=(r.not_before or r.created_at).timestamp(),
+                    )
+                    for r in rows.values()
+                ),
+                free,
+                capacity=capacity.whole,
+                now=now.timestamp(),
+                starvation_seconds=starvation_seconds,
             )
             if chosen is None:
                 return None
@@ -270,6 +300,16 @@ class JobQueue:
                     claimed_at=now,
                 )
             )
+            for gpu in gpu_ids:
+                s.add(
+                    GpuHoldRow(
+                        agent_id=agent_id,
+                        gpu_id=gpu,
+                        job_id=row.id,
+                        attempt=number,
+                        acquired_at=now,
+                    )
+                )
             _event(
                 s,
                 row.id,
@@ -278,12 +318,57 @@ class JobQueue:
                 JobStatus.QUEUED,
                 JobStatus.STARTING,
                 agent_id,
-                f"attempt {number} claimed by agent {agent_id}",
+                f"attempt {number} claimed by agent {agent_id}"
+                + (f" with GPUs {','.join(gpu_ids)}" if gpu_ids else ""),
                 attempt=number,
             )
             s.flush()
             s.refresh(row)
             return Claim(job=_job(row, []), attempt=number, lease_token=token, gpu_ids=gpu_ids)
+
+    def _free(self, s: Session, agent_id: str, capacity: Capacity) -> Free:
+        count, memory, cpus = s.execute(
+            select(
+                func.count(),
+                func.coalesce(func.sum(AttemptRow.memory_bytes), 0),
+                func.coalesce(func.sum(AttemptRow.cpus), 0.0),
+            ).where(AttemptRow.agent_id == agent_id, AttemptRow.released_at.is_(None))
+        ).one()
+        held = set(s.scalars(select(GpuHoldRow.gpu_id).where(GpuHoldRow.agent_id == agent_id)))
+        return capacity.remaining(
+            count=int(count), memory_bytes=int(memory), cpus=float(cpus), gpus=held
+        )
+
+    def release(self, agent_id: str, job_id: str, attempt: int) -> None:
+        """The attempt's container is confirmed gone: free its memory, CPUs and GPUs."""
+        with self.db.transaction() as s:
+            s.execute(
+                update(AttemptRow)
+                .where(
+                    AttemptRow.job_id == job_id,
+                    AttemptRow.number == attempt,
+                    AttemptRow.agent_id == agent_id,
+                    AttemptRow.released_at.is_(None),
+                )
+                .values(released_at=self.clock())
+            )
+            s.execute(
+                delete(GpuHoldRow).where(
+                    GpuHoldRow.agent_id == agent_id,
+                    GpuHoldRow.job_id == job_id,
+                    GpuHoldRow.attempt == attempt,
+                )
+            )
+
+    def unreleased(self, agent_id: str) -> set[tuple[str, int]]:
+        """Attempts whose resources this agent still holds in the ledger."""
+        with self.db.reading() as s:
+            rows = s.execute(
+                select(AttemptRow.job_id, AttemptRow.number).where(
+                    AttemptRow.agent_id == agent_id, AttemptRow.released_at.is_(None)
+                )
+            )
+            return {(job_id, number) for job_id, number in rows}
 
     def next_due(self) -> datetime | None:
         """When the earliest delayed retry becomes claimable."""
@@ -410,20 +495,7 @@ class JobQueue:
                 )
                 .where(JobRow.agent_id == agent_id, JobRow.status.in_(ACTIVE))
             ).all()
-            return [
-                ActiveAttempt(
-                    job_id=job.id,
-                    attempt=att.number,
-                    lease_token=att.lease_token,
-                    status=JobStatus(job.status),
-                    container_id=att.container_id,
-                    memory_bytes=att.memory_bytes,
-                    cpus=att.cpus,
-                    gpu_ids=tuple(att.gpu_ids),
-                    started_at=att.started_at,
-                )
-                for job, att in rows
-            ]
+            return [_active(job, att) for job, att in rows]
 
     def note(self, claim: Claim, kind: str, message: str) -> None:
         """An audit event that changes no state (e.g. an agent re-attached after a restart)."""
@@ -440,16 +512,109 @@ class JobQueue:
                 claim.attempt,
             )
 
-    def renew_leases(self, agent_id: str, tokens: Iterable[str], *, lease_seconds: float) -> None:
+    def renew_leases(
+        self, agent_id: str, tokens: Iterable[str], *, lease_seconds: float
+    ) -> set[str]:
+        """Extend these leases; returns those still held (a missing one was lost)."""
         tokens = list(tokens)
         if not tokens:
-            return
+            return set()
+        with self.db.transaction() as s:
+            renewed = s.scalars(
+                update(JobRow)
+                .where(
+                    JobRow.agent_id == agent_id,
+                    JobRow.lease_token.in_(tokens),
+                    JobRow.status.in_(ACTIVE),
+                )
+                .values(lease_expires_at=self.clock() + timedelta(seconds=lease_seconds))
+                .returning(JobRow.lease_token)
+            )
+            return {token for token in renewed if token}
+
+    def expired(self) -> list[tuple[str, ActiveAttempt]]:
+        """Active attempts whose agent stopped renewing their lease: (agent id, attempt)."""
+        with self.db.reading() as s:
+            rows = s.execute(
+                select(JobRow, AttemptRow)
+                .join(
+                    AttemptRow,
+                    (AttemptRow.job_id == JobRow.id) & (AttemptRow.number == JobRow.attempt_count),
+                )
+                .where(JobRow.status.in_(ACTIVE), JobRow.lease_expires_at < self.clock())
+            ).all()
+            return [(att.agent_id, _active(job, att)) for job, att in rows]
+
+    # --- agents ------------------------------------------------------------------------------
+
+    def register_agent(self, agent_id: str, hostname: str, capacity: Capacity) -> None:
+        now = self.clock()
+        with self.db.transaction() as s:
+            row = s.get(AgentRow, agent_id)
+            if row is None:
+                row = AgentRow(id=agent_id)
+                s.add(row)
+            row.hostname = hostname
+            row.started_at = now
+            row.heartbeat_at = now
+            row.stopped_at = None
+            row.slots = capacity.slots
+            row.memory_bytes = capacity.memory_bytes
+            row.cpus = capacity.cpus
+            row.gpu_ids = list(capacity.gpu_ids)
+            row.engine_error = None
+
+    def heartbeat(self, agent_id: str, *, engine_error: str | None) -> None:
         with self.db.transaction() as s:
             s.execute(
-                update(JobRow)
-                .where(JobRow.agent_id == agent_id, JobRow.lease_token.in_(tokens))
-                .values(lease_expires_at=self.clock() + timedelta(seconds=lease_seconds))
+                update(AgentRow)
+                .where(AgentRow.id == agent_id)
+                .values(heartbeat_at=self.clock(), engine_error=engine_error, stopped_at=None)
             )
+
+    def agent_stopped(self, agent_id: str) -> None:
+        with self.db.transaction() as s:
+            s.execute(
+                update(AgentRow).where(AgentRow.id == agent_id).values(stopped_at=self.clock())
+            )
+
+    def agents(self) -> list[AgentInfo]:
+        with self.db.reading() as s:
+            held = {
+                agent: (int(count), int(memory), float(cpus))
+                for agent, count, memory, cpus in s.execute(
+                    select(
+                        AttemptRow.agent_id,
+                        func.count(),
+                        func.coalesce(func.sum(AttemptRow.memory_bytes), 0),
+                        func.coalesce(func.sum(AttemptRow.cpus), 0.0),
+                    )
+                    .where(AttemptRow.released_at.is_(None))
+                    .group_by(AttemptRow.agent_id)
+                )
+            }
+            holders: dict[str, dict[str, str]] = {}
+            for hold in s.scalars(select(GpuHoldRow)):
+                holders.setdefault(hold.agent_id, {})[hold.gpu_id] = hold.job_id
+            return [
+                AgentInfo(
+                    id=row.id,
+                    hostname=row.hostname,
+                    started_at=row.started_at,
+                    heartbeat_at=row.heartbeat_at,
+                    stopped_at=row.stopped_at,
+                    slots=row.slots,
+                    memory_bytes=row.memory_bytes,
+                    cpus=row.cpus,
+                    gpu_ids=list(row.gpu_ids or []),
+                    engine_error=row.engine_error,
+                    running=held.get(row.id, (0, 0, 0.0))[0],
+                    held_memory_bytes=held.get(row.id, (0, 0, 0.0))[1],
+                    held_cpus=held.get(row.id, (0, 0, 0.0))[2],
+                    gpu_holders=holders.get(row.id, {}),
+                )
+                for row in s.scalars(select(AgentRow).order_by(AgentRow.id))
+            ]
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -518,6 +683,20 @@ def _event(
             actor=actor,
             message=message,
         )
+    )
+
+
+def _active(job: JobRow, att: AttemptRow) -> ActiveAttempt:
+    return ActiveAttempt(
+        job_id=job.id,
+        attempt=att.number,
+        lease_token=att.lease_token,
+        status=JobStatus(job.status),
+        container_id=att.container_id,
+        memory_bytes=att.memory_bytes,
+        cpus=att.cpus,
+        gpu_ids=tuple(att.gpu_ids),
+        started_at=att.started_at,
     )
 
 

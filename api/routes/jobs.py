@@ -34,12 +34,16 @@ def list_jobs(
 ) -> JobPage:
     """Jobs, newest first."""
     jobs, total = service.list_jobs(status=status_filter, limit=limit, offset=offset)
-    return JobPage(items=[JobOut.of(j) for j in jobs], total=total, limit=limit, offset=offset)
+    reasons = service.unschedulable_reasons(jobs)
+    items = [JobOut.of(j, unschedulable=reasons.get(j.id)) for j in jobs]
+    return JobPage(items=items, total=total, limit=limit, offset=offset)
 
 
 @router.get("/{job_id}", response_model=JobOut)
 def get_job(job_id: JobId, service: ServiceDep) -> JobOut:
-    return JobOut.of(service.get(job_id), with_attempts=True)
+    job = service.get(job_id)
+    reason = service.unschedulable_reasons([job]).get(job.id)
+    return JobOut.of(job, with_attempts=True, unschedulable=reason)
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)

@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agent.metrics import REGISTRY
 from api.deps import ServiceDep, SettingsDep
-from api.schemas import HealthOut, StatsOut
+from api.schemas import AgentOut, HealthOut, StatsOut
 
 router = APIRouter(tags=["system"])
 
@@ -17,6 +17,14 @@ router = APIRouter(tags=["system"])
 def stats(service: ServiceDep, settings: SettingsDep) -> StatsOut:
     """Jobs by status, success rate, mean queue wait and run time."""
     return StatsOut.of(service.stats(), settings.max_queued)
+
+
+@router.get("/agents", response_model=list[AgentOut])
+def agents(service: ServiceDep) -> list[AgentOut]:
+    """Every registered agent: GPUs free and held (by which job), memory, running jobs,
+    last heartbeat. `alive` is false once heartbeats stop."""
+    live = {a.id for a in service.live_agents()}
+    return [AgentOut.of(a, alive=a.id in live) for a in service.agents()]
 
 
 @router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})

@@ -62,4 +62,4 @@ def test_more_gpus_than_the_agent_has_is_refused(
     h = start_harness(make_settings(database_url=sqlite_url, gpus="0,1"))
     response = h.client.post("/jobs", json={"resources": {"gpus": 3}})
     assert response.status_code == 422
-    assert "resources.gpus 3 is more than the agent has (2)" in response.json()["detail"]
+    assert "resources.gpus 3 is more than any agent has (largest: 2)" in (response.json()["detail"])

@@ -119,7 +119,7 @@ def test_settings_are_frozen() -> None:
         ({"mode": "both"}, ("mode",)),
         ({"log_max_bytes": 1023}, ("log_max_bytes",)),
         ({"log_backup_count": -1}, ("log_backup_count",)),
-        ({"lease_seconds": 4.9}, ("lease_seconds",)),
+        ({"lease_seconds": 2.9}, ("lease_seconds",)),
         ({"default_max_retries": 101}, ("default_max_retries",)),
         ({"default_memory": "lots"}, ("default_memory",)),
         ({"memory_reserve": "0"}, ("memory_reserve",)),

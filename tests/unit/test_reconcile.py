@@ -56,3 +56,18 @@ def test_container_key_reads_the_labels() -> None:
     assert container_key(container("j1", "3")) == ("j1", 3)
     assert container_key(container("j1", None)) is None
     assert container_key(container(None, "1")) is None
+
+
+def test_resources_of_finished_attempts_without_containers_are_released() -> None:
+    running = active("j1", 2)
+    result = plan(
+        [container("j3", "1", "exited")],
+        [running],
+        {("j4", 1)},
+        unreleased={("j1", 2), ("j2", 1), ("j3", 1), ("j4", 1)},
+    )
+    # j1/2 is active (lost, released after recording); j3/1 is released after its removal;
+    # j4/1 runs in this process; only j2/1 is over with nothing left to remove.
+    assert result.release == [("j2", 1)]
+    assert result.lost == [running]
+    assert [c.labels["trainyard.job_id"] for c in result.remove] == ["j3"]

@@ -267,3 +267,38 @@ def test_free_after_randomized_conserves_resources() -> None:
         busy = [g for _, _, gs in held for g in gs]
         assert f.gpu_ids == tuple(g for g in ids if g not in busy)
         assert len(f.gpu_ids) + len(busy) == len(ids)
+
+
+# --- backfill and the starvation bound (issue 4) -----------------------------------------------
+
+BIG = Demand("big", 8, 1.0, 4, waiting_since=100.0)
+SMALL = Demand("small", 1, 1.0, 1, waiting_since=150.0)
+HUGE = Demand("huge", 8, 1.0, 99, waiting_since=0.0)  # more GPUs than this agent will ever have
+CAPACITY = Free(slots=4, memory_bytes=16, cpus=8.0, gpu_ids=("0", "1", "2", "3"))
+PARTLY_BUSY = Free(slots=3, memory_bytes=16, cpus=8.0, gpu_ids=("2", "3"))
+
+
+def test_the_head_runs_when_it_fits() -> None:
+    assert pick([BIG, SMALL], CAPACITY, capacity=CAPACITY, now=200, starvation_seconds=60) is BIG
+
+
+def test_a_smaller_job_backfills_while_the_head_has_not_waited_long() -> None:
+    chosen = pick([BIG, SMALL], PARTLY_BUSY, capacity=CAPACITY, now=130, starvation_seconds=60)
+    assert chosen is SMALL
+
+
+def test_once_the_head_has_waited_past_the_bound_nothing_new_starts() -> None:
+    assert (
+        pick([BIG, SMALL], PARTLY_BUSY, capacity=CAPACITY, now=160, starvation_seconds=60) is None
+    )
+    # ...until enough is free for the head, which then goes first.
+    assert pick([BIG, SMALL], CAPACITY, capacity=CAPACITY, now=500, starvation_seconds=60) is BIG
+
+
+def test_a_job_that_can_never_fit_here_does_not_block_the_queue() -> None:
+    chosen = pick([HUGE, SMALL], PARTLY_BUSY, capacity=CAPACITY, now=1e9, starvation_seconds=60)
+    assert chosen is SMALL
+
+
+def test_without_a_bound_backfill_is_unlimited() -> None:
+    assert pick([BIG, SMALL], PARTLY_BUSY, capacity=CAPACITY, now=1e9) is SMALL
