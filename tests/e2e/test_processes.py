@@ -193,3 +193,27 @@ def test_a_container_that_finished_while_its_agent_was_dead_is_collected(
     assert failed["attempts"][0]["outcome"] == "user_error"
     api.wait_no_containers()
     restarted.stop(signal.SIGTERM)
+
+
+def test_cancel_reaches_a_job_running_in_another_process(
+    tmp_path: Path,
+    procs: list[Proc],
+    start_harness: Callable[..., Harness],
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'data' / 'trainyard.db'}")
+    api = start_harness(settings, with_agent=False)  # the API and the agent share only the DB
+    env = _env(tmp_path, settings.agent_id)
+    agent = Proc(["agent"], env, tmp_path / "agent.log")
+    procs.append(agent)
+    job = api.submit({"params": {"sleep_seconds": 120}})
+    api.wait_for(job["id"], lambda j: "sleeping 120" in api.logs(j["id"]))
+
+    assert api.client.post(f"/jobs/{job['id']}/cancel").status_code == 200
+    done = api.wait_final(job["id"], timeout=30)
+    assert done["status"] == "cancelled"
+    log = api.logs(job["id"])
+    assert "cancel requested by api: stopping the container" in log
+    assert "received SIGTERM" in log
+    api.wait_no_containers()
+    agent.stop(signal.SIGTERM)
