@@ -63,16 +63,6 @@ class Capacity:
             gpu_ids=tuple(gpu for gpu in self.gpu_ids if gpu not in gpus),
         )
 
-    def free_after(self, held: list[tuple[int, float, tuple[str, ...]]]) -> Free:
-        """What is left once the (memory, cpus, gpu ids) already held are taken out."""
-        busy_gpus = {gpu for _, _, gpus in held for gpu in gpus}
-        return Free(
-            slots=self.slots - len(held),
-            memory_bytes=self.memory_bytes - sum(memory for memory, _, _ in held),
-            cpus=self.cpus - sum(cpus for _, cpus, _ in held),
-            gpu_ids=tuple(gpu for gpu in self.gpu_ids if gpu not in busy_gpus),
-        )
-
 
 def local_capacity(
     *, slots: int, gpus_setting: str, memory_reserve_bytes: int, cpus: float | None = None

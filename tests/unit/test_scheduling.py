@@ -226,20 +226,30 @@ def test_auto_when_nvidia_smi_fails_is_no_gpus(monkeypatch: pytest.MonkeyPatch) 
 CAP = Capacity(slots=4, memory_bytes=16 * G, cpus=8.0, gpu_ids=("0", "1", "2", "3"))
 
 
+def free_after(cap: Capacity, held: list[tuple[int, float, tuple[str, ...]]]) -> Free:
+    """What the ledger reports as free once these (memory, cpus, gpu ids) attempts are held."""
+    return cap.remaining(
+        count=len(held),
+        memory_bytes=sum(memory for memory, _, _ in held),
+        cpus=sum(cpus for _, cpus, _ in held),
+        gpus={gpu for _, _, gpus in held for gpu in gpus},
+    )
+
+
 def test_free_after_nothing_held_is_everything() -> None:
-    assert CAP.free_after([]) == Free(
+    assert free_after(CAP, []) == Free(
         slots=4, memory_bytes=16 * G, cpus=8.0, gpu_ids=("0", "1", "2", "3")
     )
 
 
 def test_free_after_subtracts_what_is_held() -> None:
     held = [(4 * G, 2.0, ("1",)), (2 * G, 1.5, ("3", "0")), (G, 0.5, ())]
-    assert CAP.free_after(held) == Free(slots=1, memory_bytes=9 * G, cpus=4.0, gpu_ids=("2",))
+    assert free_after(CAP, held) == Free(slots=1, memory_bytes=9 * G, cpus=4.0, gpu_ids=("2",))
 
 
 def test_free_after_keeps_capacity_order_of_gpus() -> None:
     cap = Capacity(slots=2, memory_bytes=G, cpus=1.0, gpu_ids=("3", "1", "2", "0"))
-    assert cap.free_after([(0, 0.0, ("1",))]).gpu_ids == ("3", "2", "0")
+    assert free_after(cap, [(0, 0.0, ("1",))]).gpu_ids == ("3", "2", "0")
 
 
 def test_free_after_everything_held_fits_nothing() -> None:
@@ -260,7 +270,7 @@ def test_free_after_randomized_conserves_resources() -> None:
         for _ in range(rng.randint(0, 5)):
             take = [remaining.pop() for _ in range(rng.randint(0, len(remaining)))]
             held.append((rng.randint(0, 8) * G, rng.choice([0.5, 1.0, 2.0]), tuple(take)))
-        f = cap.free_after(held)
+        f = free_after(cap, held)
         assert f.slots == 8 - len(held)
         assert f.memory_bytes == 64 * G - sum(m for m, _, _ in held)
         assert f.cpus == pytest.approx(32.0 - sum(c for _, c, _ in held))
