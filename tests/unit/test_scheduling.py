@@ -254,7 +254,7 @@ def test_free_after_keeps_capacity_order_of_gpus() -> None:
 
 def test_free_after_everything_held_fits_nothing() -> None:
     held = [(8 * G, 4.0, ("0", "1")), (8 * G, 4.0, ("2", "3"))]
-    f = Capacity(slots=2, memory_bytes=16 * G, cpus=8.0, gpu_ids=CAP.gpu_ids).free_after(held)
+    f = free_after(Capacity(slots=2, memory_bytes=16 * G, cpus=8.0, gpu_ids=CAP.gpu_ids), held)
     assert f == Free(slots=0, memory_bytes=0, cpus=0.0, gpu_ids=())
     assert not f.fits(demand(memory=0, cpus=0.0, gpus=0))
 
