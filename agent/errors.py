@@ -46,6 +46,12 @@ class StaleState(TrainyardError):
     status_code = 409
 
 
+class DatabaseUnavailable(TrainyardError):
+    """The database cannot be reached."""
+
+    status_code = 503
+
+
 class RuntimeUnavailable(TrainyardError):
     """The Docker engine cannot be reached."""
 

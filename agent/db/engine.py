@@ -9,7 +9,10 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+from agent.errors import DatabaseUnavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 READ_ONLY = "trainyard_read_only"
@@ -30,14 +33,14 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        with self._sessions() as session, session.begin():
+        with _translated(), self._sessions() as session, session.begin():
             yield session
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
         """A read-only transaction. On SQLite it is a deferred BEGIN: under WAL a reader sees a
         consistent snapshot without waiting for (or blocking) the agent's writes."""
-        with self.engine.connect() as conn:
+        with _translated(), self.engine.connect() as conn:
             conn.execution_options(**{READ_ONLY: True})
             with Session(bind=conn, expire_on_commit=False) as session, session.begin():
                 yield session
@@ -48,6 +51,15 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """A database that cannot be reached (or stays locked) is a 503, not a crash."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        raise DatabaseUnavailable(f"database unavailable: {exc.orig or exc}") from exc
 
 
 def prepare_sqlite_path(url: str) -> None:

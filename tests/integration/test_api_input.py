@@ -150,3 +150,19 @@ def test_health_is_503_when_the_docker_engine_is_down(api_only: Harness, tmp_pat
     assert body["checks"]["docker"]["ok"] is False
     assert "Docker engine unreachable" in body["checks"]["docker"]["error"]
     assert body["checks"]["database"]["ok"] is True
+
+
+def test_requests_get_503_not_500_while_the_database_is_down(
+    api_only: Harness, tmp_path: Path
+) -> None:
+    broken = Database(f"sqlite:///{tmp_path / 'gone' / 'db.sqlite'}")
+    (tmp_path / "gone").rmdir()
+    (tmp_path / "gone").write_text("a file where the database folder was")
+    api_only.system.service.queue.db = broken
+    for response in (
+        api_only.client.get("/jobs"),
+        api_only.client.post("/jobs", json={}),
+        api_only.client.get("/stats"),
+    ):
+        assert response.status_code == 503, response.text
+        assert response.json()["detail"].startswith("database unavailable: ")
