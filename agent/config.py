@@ -71,7 +71,11 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="How often the agent re-checks engine against database."
     )
     poll_interval: float = Field(
-        default=1.0, gt=0, description="Fallback wake-up of the agent loop."
+        default=1.0,
+        gt=0,
+        description="How often an agent looks for work nobody woke it for (jobs submitted by "
+        "another process). Values above 1 s act as 1 s: the loop also polls cancellations "
+        "every second.",
     )
     stop_grace_seconds: float = Field(default=30.0, ge=0)
     container_user: str = "1000:1000"

@@ -50,7 +50,6 @@ class Base(DeclarativeBase):
 class JobRow(Base):
     __tablename__ = "jobs"
     __table_args__ = (
-        Index("ix_jobs_claim", "status", "priority", "created_at"),
         Index("ix_jobs_created", "created_at"),
         UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
     )
@@ -93,6 +92,11 @@ class JobRow(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(default=None)
     cancel_requested_by: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
+# The claim order: priority (high first), then oldest, then id — so claiming reads the index
+# in order instead of sorting every queued job.
+Index("ix_jobs_claim", JobRow.status, JobRow.priority.desc(), JobRow.created_at, JobRow.id)
 
 
 class AttemptRow(Base):

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, delete, func, or_, select, text, update
+from sqlalchemy import ColumnElement, delete, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from agent.db.engine import Database
@@ -243,37 +243,46 @@ class JobQueue:
             free = self._free(s, agent_id, capacity)
             if free.slots <= 0:
                 return None
-            query: Select[JobRow] = (
-                select(JobRow)
-                .where(
-                    JobRow.status == JobStatus.QUEUED.value,
-                    or_(JobRow.not_before.is_(None), JobRow.not_before <= now),
+            # Light columns, no lock: deciding must not block (or be skipped by) other agents.
+            candidates = [
+                Demand(
+                    job_id,
+                    memory,
+                    cpus,
+                    gpus,
+                    waiting_since=(not_before or created_at).timestamp(),
                 )
-                .order_by(JobRow.priority.desc(), JobRow.created_at, JobRow.id)
-                .limit(CLAIM_BATCH)
-            )
-            if not self.db.is_sqlite:
-                query = query.with_for_update(skip_locked=True)
-            rows = {row.id: row for row in s.scalars(query)}
-            chosen = pick(
-                (
-                    Demand(
-                        r.id,
-                        r.memory_bytes,
-                        r.cpus,
-                        r.gpus,
-                        waiting_since=(r.not_before or r.created_at).timestamp(),
+                for job_id, memory, cpus, gpus, created_at, not_before in s.execute(
+                    select(
+                        JobRow.id,
+                        JobRow.memory_bytes,
+                        JobRow.cpus,
+                        JobRow.gpus,
+                        JobRow.created_at,
+                        JobRow.not_before,
                     )
-                    for r in rows.values()
-                ),
-                free,
-                capacity=capacity.whole,
-                now=now.timestamp(),
-                starvation_seconds=starvation_seconds,
-            )
-            if chosen is None:
-                return None
-            row = rows[chosen.job_id]
+                    .where(
+                        JobRow.status == JobStatus.QUEUED.value,
+                        or_(JobRow.not_before.is_(None), JobRow.not_before <= now),
+                    )
+                    .order_by(JobRow.priority.desc(), JobRow.created_at, JobRow.id)
+                    .limit(CLAIM_BATCH)
+                )
+            ]
+            row = None
+            while row is None:
+                chosen = pick(
+                    candidates,
+                    free,
+                    capacity=capacity.whole,
+                    now=now.timestamp(),
+                    starvation_seconds=starvation_seconds,
+                )
+                if chosen is None:
+                    return None
+                row = self._lock_queued(s, chosen.job_id)
+                if row is None:  # another agent is taking it right now
+                    candidates = [c for c in candidates if c.job_id != chosen.job_id]
             token = new_id()
             number = row.attempt_count + 1
             gpu_ids = assign_gpus(free.gpu_ids, row.gpus)
@@ -325,6 +334,13 @@ class JobQueue:
             s.flush()
             s.refresh(row)
             return Claim(job=_job(row, []), attempt=number, lease_token=token, gpu_ids=gpu_ids)
+
+    def _lock_queued(self, s: Session, job_id: str) -> JobRow | None:
+        """The job's row, locked for this transaction, if it is still queued and not locked."""
+        query = select(JobRow).where(JobRow.id == job_id, JobRow.status == "queued")
+        if not self.db.is_sqlite:  # SQLite's BEGIN IMMEDIATE already holds the only write lock
+            query = query.with_for_update(skip_locked=True)
+        return s.scalars(query).first()
 
     def _free(self, s: Session, agent_id: str, capacity: Capacity) -> Free:
         count, memory, cpus = s.execute(
@@ -637,6 +653,7 @@ class JobQueue:
             update(JobRow)
             .where(*conditions)
             .values(status=target.value, updated_at=self.clock(), **values)
+            .execution_options(synchronize_session=False)  # callers re-read what they need
         )
         if _rowcount(result) == 1:
             return True

@@ -55,8 +55,18 @@ def test_three_agents_run_every_job_exactly_once_and_survive_losing_one(
         return proc
 
     agents = {name: start(name) for name in ids}
-    script = "echo ran $TRAINYARD_JOB_ID attempt $TRAINYARD_ATTEMPT; sleep 0.5"
-    jobs = [api.submit({"command": ["sh", "-c", script], "max_retries": 0}) for _ in range(JOBS)]
+    script = "echo ran $TRAINYARD_JOB_ID attempt $TRAINYARD_ATTEMPT; sleep {}"
+    # Six long jobs go first (one per slot), so agent b surely holds some when it is killed.
+    jobs = [
+        api.submit(
+            {
+                "command": ["sh", "-c", script.format(5 if i < 6 else 0.5)],
+                "max_retries": 0,
+                "priority": 1 if i < 6 else 0,
+            }
+        )
+        for i in range(JOBS)
+    ]
 
     # Kill agent b with SIGKILL while it is running jobs.
     deadline = time.monotonic() + 120
@@ -83,7 +93,7 @@ def test_three_agents_run_every_job_exactly_once_and_survive_losing_one(
     ran_on = collections.Counter(j["attempts"][-1]["agent_id"] for j in finished)
     assert set(ran_on) == set(ids.values()) or set(ran_on) == {ids["a"], ids["c"]}
     taken_over = [j for j in finished if any(a["outcome"] == "infra_error" for a in j["attempts"])]
-    assert taken_over, "agent b's jobs should have been requeued after its lease expired"
+    assert taken_over, f"agent b's jobs should have been requeued; ran on: {ran_on}"
     for job in taken_over:
         [lost] = [a for a in job["attempts"] if a["outcome"] == "infra_error"]
         assert lost["agent_id"] == ids["b"]
