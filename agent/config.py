@@ -73,9 +73,9 @@ class Settings(BaseSettings):
     poll_interval: float = Field(
         default=1.0,
         gt=0,
-        description="How often an agent looks for work nobody woke it for (jobs submitted by "
-        "another process). Values above 1 s act as 1 s: the loop also polls cancellations "
-        "every second.",
+        description="How often an agent looks for work nobody announced. Submits wake the "
+        "embedded agent in-process and, on PostgreSQL, every agent through LISTEN/NOTIFY; this "
+        "poll covers SQLite agents in other processes and missed notifications.",
     )
     stop_grace_seconds: float = Field(default=30.0, ge=0)
     container_user: str = "1000:1000"

@@ -9,6 +9,7 @@ import time
 from datetime import UTC, datetime
 
 from agent.config import Settings
+from agent.db.notify import CANCEL_CHANNEL, Listener
 from agent.db.queue import JobQueue
 from agent.errors import RuntimeUnavailable, TrainyardError
 from agent.execution import Adoption, AttemptExecution
@@ -54,6 +55,10 @@ class Agent:
         self._running: dict[str, tuple[AttemptExecution, threading.Thread]] = {}
         self._thread: threading.Thread | None = None
         self._engine_error: str | None = None
+        self._cancel_hint = threading.Event()  # a NOTIFY said a cancel was asked for
+        self._listener: Listener | None = None
+        if not queue.db.is_sqlite:
+            self._listener = Listener(queue.db.url, self._notified)
         self._engine_checked = 0.0
         self._reconcile_pending = False
 
@@ -64,6 +69,8 @@ class Agent:
         self._reconcile_safely()
         self._thread = threading.Thread(target=self._loop, name="agent-loop", daemon=True)
         self._thread.start()
+        if self._listener is not None:
+            self._listener.start()
         log.info(
             "agent %s started: %d slots, %.1f GiB, %g cpus, gpus=%s",
             self.settings.agent_id,
@@ -77,6 +84,8 @@ class Agent:
         """Stop claiming; stop running containers (they are requeued) and wait for them."""
         self._stopping.set()
         self._wake.set()
+        if self._listener is not None:
+            self._listener.stop()
         if self._thread is not None:
             self._thread.join(timeout)
         with self._lock:
@@ -93,6 +102,11 @@ class Agent:
 
     def wake(self) -> None:
         """New work may be claimable (called in-process on submit): no polling delay."""
+        self._wake.set()
+
+    def _notified(self, channel: str, _payload: str) -> None:
+        if channel == CANCEL_CHANNEL:
+            self._cancel_hint.set()
         self._wake.set()
 
     def cancel(self, job_id: str, actor: str) -> bool:
@@ -117,10 +131,13 @@ class Agent:
     def _loop(self) -> None:
         last_cancel_poll = last_heartbeat = 0.0
         last_reconcile = time.monotonic()
+        next_poll = 0.0  # claim at once on start
+        woken = True
         while not self._stopping.is_set():
             try:
                 now = time.monotonic()
-                if now - last_cancel_poll >= CANCEL_POLL_SECONDS:
+                if self._cancel_hint.is_set() or now - last_cancel_poll >= CANCEL_POLL_SECONDS:
+                    self._cancel_hint.clear()
                     last_cancel_poll = now
                     self._poll_cancels_and_renew()
                 if now - last_heartbeat >= self.settings.heartbeat_seconds:
@@ -131,23 +148,30 @@ class Agent:
                     if now - last_reconcile >= self.settings.reconcile_interval:
                         last_reconcile = now
                         self._reconcile_safely()
-                    self._fill()
+                    # Claim when told there is work (submit, NOTIFY, a slot freed), when a
+                    # delayed retry falls due, or on the poll for work nobody announced.
+                    if woken or now >= next_poll:
+                        next_poll = now + self.settings.poll_interval
+                        self._fill()
             except TrainyardError as exc:
                 log.warning("agent loop: %s", exc)
             except Exception:
                 log.exception("agent loop failed; continuing")
-            self._wake.wait(self._sleep_seconds())
+            timeout = min(CANCEL_POLL_SECONDS, max(0.0, next_poll - time.monotonic()))
+            due = self._seconds_until_due()
+            if due is not None and due < timeout:
+                timeout, next_poll = due, time.monotonic() + due
+            woken = self._wake.wait(timeout)
             self._wake.clear()
 
-    def _sleep_seconds(self) -> float:
-        sleep = min(self.settings.poll_interval, CANCEL_POLL_SECONDS)
+    def _seconds_until_due(self) -> float | None:
         try:
             due = self.queue.next_due()
         except Exception:
-            return sleep
-        if due is not None:
-            sleep = min(sleep, max(0.0, (due - datetime.now(UTC)).total_seconds()))
-        return sleep
+            return None
+        if due is None:
+            return None
+        return max(0.0, (due - datetime.now(UTC)).total_seconds())
 
     def _engine_ready(self) -> bool:
         if self._engine_error is None:

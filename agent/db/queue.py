@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from agent.db.engine import Database
 from agent.db.models import AgentRow, AttemptRow, EventRow, GpuHoldRow, JobRow
+from agent.db.notify import CANCEL_CHANNEL, JOBS_CHANNEL, notify
 from agent.errors import InvalidTransition, JobNotFound, QueueFull, StaleState
 from agent.gpus import Capacity
 from agent.jobs import JobStatus, check_transition
@@ -87,6 +88,7 @@ class JobQueue:
             s.add(row)
             s.flush()  # the job row first: events reference it
             _event(s, row.id, now, "submitted", None, JobStatus.QUEUED, actor, "job submitted")
+            notify(s, JOBS_CHANNEL, row.id)
             return _job(row, [])
 
     def get(self, job_id: str) -> Job:
@@ -196,6 +198,7 @@ class JobQueue:
                     .where(JobRow.id == job_id, JobRow.status.in_(ACTIVE))
                     .values(cancel_requested_at=now, cancel_requested_by=actor, updated_at=now)
                 )
+                notify(s, CANCEL_CHANNEL, job_id)
                 _event(
                     s,
                     job_id,

@@ -130,3 +130,40 @@ def procs_all() -> Iterator[list[Proc]]:
     for proc in started:
         if proc.popen.poll() is None:
             proc.stop(signal.SIGKILL)
+
+
+def test_postgres_notifications_wake_agents_in_other_processes(
+    tmp_path: Path,
+    procs_all: list[Proc],
+    start_harness: Callable[..., Harness],
+    make_settings: Callable[..., Settings],
+    pg_url: str,
+) -> None:
+    """With a 60 s poll, only LISTEN/NOTIFY can start a job submitted from another process
+    within the test's 30 s bound, and bring its cancel across."""
+    settings = make_settings(database_url=pg_url)
+    api = start_harness(settings, with_agent=False)
+    env = _env(
+        tmp_path,
+        settings.agent_id,
+        TRAINYARD_DATABASE_URL=pg_url,
+        TRAINYARD_LOG_DIR=str(settings.log_dir),
+        TRAINYARD_POLL_INTERVAL="60",
+        TRAINYARD_HEARTBEAT_SECONDS="1",
+    )
+    agent = Proc(["agent"], env, tmp_path / "agent.log")
+    procs_all.append(agent)
+    deadline = time.monotonic() + 30
+    while not any(a["id"] == settings.agent_id for a in api.client.get("/agents").json()):
+        assert time.monotonic() < deadline, "the agent never registered"
+        time.sleep(0.1)
+    time.sleep(2)  # past the agent's start-up claim: from here only a notification wakes it
+
+    quick = api.submit({"command": ["true"]})
+    assert api.wait_final(quick["id"], timeout=30)["status"] == "succeeded"
+    slow = api.submit({"params": {"sleep_seconds": 120}})
+    api.wait_for(slow["id"], lambda j: "sleeping 120" in api.logs(j["id"]), timeout=30)
+    api.client.post(f"/jobs/{slow['id']}/cancel")
+    assert api.wait_final(slow["id"], timeout=30)["status"] == "cancelled"
+    api.wait_no_containers()
+    agent.stop(signal.SIGTERM)
