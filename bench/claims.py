@@ -821,7 +821,7 @@ def summary(
     if latency:
         say(
             f"2. submit→running, {AGENT_COUNT} agent processes x {AGENT_SLOTS} slots, PostgreSQL,"
-            " `true`; a submit from another process wakes no agent: they find it by polling"
+            " `true`; a submit from another process wakes the agents through LISTEN/NOTIFY"
         )
         for run in latency:
             say(
