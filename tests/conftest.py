@@ -68,9 +68,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'data' / 'trainyard.db'}"
     url: str = request.getfixturevalue("pg_database")
+    reset_postgres(url)
+    return url
+
+
+def reset_postgres(url: str) -> None:
+    """Empty every table of the session's PostgreSQL database between tests."""
     with psycopg.connect(url.replace("+psycopg", "")) as conn:
         conn.execute("TRUNCATE jobs, attempts, events, gpu_holds, agents RESTART IDENTITY CASCADE")
-    return url
 
 
 @pytest.fixture

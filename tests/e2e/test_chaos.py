@@ -17,7 +17,7 @@ import pytest
 
 from agent.config import Settings
 from tests.conftest import FINAL, Harness
-from tests.e2e.test_processes import Proc, _env
+from tests.e2e.conftest import Proc, agent_env
 
 pytestmark = pytest.mark.docker
 
@@ -49,7 +49,7 @@ def test_sigkilled_agent_loses_nothing_duplicates_nothing_leaks_nothing(
 ) -> None:
     settings = make_settings(database_url=database_url, max_queued=100)
     api = start_harness(settings, with_agent=False)
-    env = _env(
+    env = agent_env(
         tmp_path,
         settings.agent_id,
         TRAINYARD_DATABASE_URL=database_url,

@@ -5,15 +5,15 @@ from __future__ import annotations
 import collections
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from agent.config import Settings
-from tests.conftest import FINAL, Harness
-from tests.e2e.test_processes import Proc, _env
+from tests.conftest import FINAL, Harness, reset_postgres
+from tests.e2e.conftest import Proc, agent_env
 
 pytestmark = [pytest.mark.docker, pytest.mark.postgres]
 
@@ -21,15 +21,14 @@ JOBS = 100
 
 
 @pytest.fixture
-def pg_url(pg_database: str) -> Iterator[str]:
-    with psycopg.connect(pg_database.replace("+psycopg", "")) as conn:
-        conn.execute("TRUNCATE jobs, attempts, events, gpu_holds, agents RESTART IDENTITY CASCADE")
-    yield pg_database
+def pg_url(pg_database: str) -> str:
+    reset_postgres(pg_database)
+    return pg_database
 
 
 def test_three_agents_run_every_job_exactly_once_and_survive_losing_one(
     tmp_path: Path,
-    procs_all: list[Proc],
+    procs: list[Proc],
     start_harness: Callable[..., Harness],
     make_settings: Callable[..., Settings],
     pg_url: str,
@@ -39,7 +38,7 @@ def test_three_agents_run_every_job_exactly_once_and_survive_losing_one(
     ids = {name: f"{settings.agent_id}-{name}" for name in ("a", "b", "c")}
 
     def start(name: str) -> Proc:
-        env = _env(
+        env = agent_env(
             tmp_path,
             ids[name],
             TRAINYARD_DATABASE_URL=pg_url,
@@ -51,7 +50,7 @@ def test_three_agents_run_every_job_exactly_once_and_survive_losing_one(
             TRAINYARD_POLL_INTERVAL="0.2",
         )
         proc = Proc(["agent"], env, tmp_path / f"agent-{name}.log")
-        procs_all.append(proc)
+        procs.append(proc)
         return proc
 
     agents = {name: start(name) for name in ids}
@@ -123,18 +122,9 @@ def test_three_agents_run_every_job_exactly_once_and_survive_losing_one(
     print(f"\nmany agents: jobs={JOBS} per agent={dict(ran_on)} taken over={len(taken_over)}")
 
 
-@pytest.fixture
-def procs_all() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        if proc.popen.poll() is None:
-            proc.stop(signal.SIGKILL)
-
-
 def test_postgres_notifications_wake_agents_in_other_processes(
     tmp_path: Path,
-    procs_all: list[Proc],
+    procs: list[Proc],
     start_harness: Callable[..., Harness],
     make_settings: Callable[..., Settings],
     pg_url: str,
@@ -143,7 +133,7 @@ def test_postgres_notifications_wake_agents_in_other_processes(
     within the test's 30 s bound, and bring its cancel across."""
     settings = make_settings(database_url=pg_url)
     api = start_harness(settings, with_agent=False)
-    env = _env(
+    env = agent_env(
         tmp_path,
         settings.agent_id,
         TRAINYARD_DATABASE_URL=pg_url,
@@ -152,7 +142,7 @@ def test_postgres_notifications_wake_agents_in_other_processes(
         TRAINYARD_HEARTBEAT_SECONDS="1",
     )
     agent = Proc(["agent"], env, tmp_path / "agent.log")
-    procs_all.append(agent)
+    procs.append(agent)
     deadline = time.monotonic() + 30
     while not any(a["id"] == settings.agent_id for a in api.client.get("/agents").json()):
         assert time.monotonic() < deadline, "the agent never registered"

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,58 +15,15 @@ import pytest
 
 from agent.config import Settings
 from tests.conftest import Harness
+from tests.e2e.conftest import Proc, agent_env
 
 pytestmark = pytest.mark.docker
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-class Proc:
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self.handle = log.open("ab")
-        self.popen = subprocess.Popen(
-            [sys.executable, str(ROOT / "run.py"), *args],
-            env={**os.environ, **env},
-            cwd=log.parent,
-            stdout=self.handle,
-            stderr=subprocess.STDOUT,
-        )
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-        code = self.popen.wait(timeout)
-        self.handle.close()
-        return code
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        if proc.popen.poll() is None:
-            proc.stop(signal.SIGKILL)
-
-
-def _env(tmp_path: Path, agent_id: str, **extra: str) -> dict[str, str]:
-    return {
-        "TRAINYARD_DATA_DIR": str(tmp_path / "data"),
-        "TRAINYARD_LOG_DIR": str(tmp_path / "logs"),
-        "TRAINYARD_AGENT_ID": agent_id,
-        "TRAINYARD_STOP_GRACE_SECONDS": "2",
-        "TRAINYARD_DEFAULT_MEMORY": "256m",
-        "TRAINYARD_DEFAULT_CPUS": "0.5",
-        "TRAINYARD_GPUS": "none",
-        **extra,
-    }
 
 
 def _wait(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
@@ -88,7 +42,9 @@ def _wait(predicate: Callable[[], Any], timeout: float = 60, what: str = "condit
 def test_run_py_serves_the_original_train_call_over_http(tmp_path: Path, procs: list[Proc]) -> None:
     port = _free_port()
     agent_id = f"test-e2e-{port}"
-    proc = Proc([], _env(tmp_path, agent_id, TRAINYARD_PORT=str(port)), tmp_path / "server.log")
+    proc = Proc(
+        [], agent_env(tmp_path, agent_id, TRAINYARD_PORT=str(port)), tmp_path / "server.log"
+    )
     procs.append(proc)
     base = f"http://127.0.0.1:{port}"
     _wait(lambda: httpx.get(f"{base}/health").status_code == 200, what="the service")
@@ -108,7 +64,9 @@ def test_run_py_serves_the_original_train_call_over_http(tmp_path: Path, procs: 
 
     _stop_cleanly(proc)
     # A restarted service still knows the job.
-    proc2 = Proc([], _env(tmp_path, agent_id, TRAINYARD_PORT=str(port)), tmp_path / "server.log")
+    proc2 = Proc(
+        [], agent_env(tmp_path, agent_id, TRAINYARD_PORT=str(port)), tmp_path / "server.log"
+    )
     procs.append(proc2)
     _wait(lambda: httpx.get(f"{base}/health").status_code == 200, what="the restart")
     assert httpx.get(f"{base}/jobs/{job_id}").json()["status"] == "succeeded"
@@ -130,7 +88,7 @@ def test_a_killed_agent_re_attaches_to_its_running_container(
 ) -> None:
     settings = make_settings(database_url=f"sqlite:///{tmp_path / 'data' / 'trainyard.db'}")
     api = start_harness(settings, with_agent=False)
-    env = _env(tmp_path, settings.agent_id, TRAINYARD_POLL_INTERVAL="0.2")
+    env = agent_env(tmp_path, settings.agent_id, TRAINYARD_POLL_INTERVAL="0.2")
     agent = Proc(["agent"], env, tmp_path / "agent.log")
     procs.append(agent)
 
@@ -170,7 +128,7 @@ def test_a_container_that_finished_while_its_agent_was_dead_is_collected(
 ) -> None:
     settings = make_settings(database_url=f"sqlite:///{tmp_path / 'data' / 'trainyard.db'}")
     api = start_harness(settings, with_agent=False)
-    env = _env(tmp_path, settings.agent_id)
+    env = agent_env(tmp_path, settings.agent_id)
     agent = Proc(["agent"], env, tmp_path / "agent.log")
     procs.append(agent)
     job = api.submit({"params": {"epochs": 3, "epoch_seconds": 0.5}})
@@ -203,7 +161,7 @@ def test_cancel_reaches_a_job_running_in_another_process(
 ) -> None:
     settings = make_settings(database_url=f"sqlite:///{tmp_path / 'data' / 'trainyard.db'}")
     api = start_harness(settings, with_agent=False)  # the API and the agent share only the DB
-    env = _env(tmp_path, settings.agent_id)
+    env = agent_env(tmp_path, settings.agent_id)
     agent = Proc(["agent"], env, tmp_path / "agent.log")
     procs.append(agent)
     job = api.submit({"params": {"sleep_seconds": 120}})
