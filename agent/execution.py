@@ -333,17 +333,7 @@ class AttemptExecution:
         self, writer: JobLogWriter, expected: JobStatus, result: AttemptResult, seconds: float
     ) -> None:
         job, number = self.claim.job, self.claim.attempt
-        decision = self.policy.decide(
-            Outcome(result.outcome),
-            exit_code=result.exit_code,
-            retries_used=job.retries_used,
-            max_retries=job.max_retries,
-            infra_retries_used=job.infra_retries_used,
-            retry_on=(
-                frozenset(Outcome(o) for o in job.retry_on) if job.retry_on is not None else None
-            ),
-            non_retryable_exit_codes=frozenset(job.non_retryable_exit_codes),
-        )
+        decision = self.policy.decide_for(job, Outcome(result.outcome), exit_code=result.exit_code)
         try:
             status = self.queue.finish(self.claim, expected, result, decision)
         except StaleState as exc:  # the lease moved on: the job's new owner writes its fate

@@ -99,6 +99,7 @@ class Claim:
     attempt: int
     lease_token: str
     gpu_ids: tuple[str, ...]
+    agent_id: str  # the agent the attempt belongs to (the actor of its events)
 
 
 @dataclass(frozen=True)

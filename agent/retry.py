@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass, field
 
 from agent.jobs import RETRYABLE_ON_REQUEST, Outcome
+from agent.records import Job
 
 RETRYABLE_BY_DEFAULT = frozenset({Outcome.USER_ERROR, Outcome.CUDA_OOM})
 
@@ -37,6 +38,22 @@ class RetryPolicy:
         raw = min(self.max_delay, self.base_delay * self.factor ** max(0, retry_number - 1))
         spread = raw * self.jitter
         return max(0.0, raw + self.rng.uniform(-spread, spread))
+
+    def decide_for(
+        self, job: Job, outcome: Outcome, *, exit_code: int | None
+    ) -> RetryDecision | None:
+        """`decide` with the budgets and rules the job carries."""
+        return self.decide(
+            outcome,
+            exit_code=exit_code,
+            retries_used=job.retries_used,
+            max_retries=job.max_retries,
+            infra_retries_used=job.infra_retries_used,
+            retry_on=(
+                frozenset(Outcome(o) for o in job.retry_on) if job.retry_on is not None else None
+            ),
+            non_retryable_exit_codes=frozenset(job.non_retryable_exit_codes),
+        )
 
     def decide(
         self,

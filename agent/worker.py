@@ -118,10 +118,6 @@ class Agent:
         entry[0].request_stop("cancelled", actor)
         return True
 
-    @property
-    def engine_error(self) -> str | None:
-        return self._engine_error
-
     def running_job_ids(self) -> list[str]:
         with self._lock:
             return list(self._running)
@@ -261,7 +257,7 @@ class Agent:
             if (attempt.job_id, attempt.attempt) in mine:
                 continue  # ours and alive: the next renewal extends it
             self._record_infra_error(
-                attempt, f"agent {agent_id} stopped renewing its lease", release=False
+                attempt, f"agent {agent_id} stopped renewing its lease", owner=agent_id
             )
 
     # --- reconciliation ------------------------------------------------------------------------
@@ -298,7 +294,7 @@ class Agent:
             self.queue.release(agent_id, job_id, number)
         for attempt in todo.lost:
             self._record_infra_error(
-                attempt, "the agent restarted and the attempt's container was gone", release=True
+                attempt, "the agent restarted and the attempt's container was gone"
             )
         for attempt, state in todo.adopt:
             log.info(
@@ -308,24 +304,19 @@ class Agent:
                 state.id[:12],
                 state.status,
             )
-            claim = Claim(
-                job=self.queue.get(attempt.job_id),
-                attempt=attempt.attempt,
-                lease_token=attempt.lease_token,
-                gpu_ids=attempt.gpu_ids,
-            )
+            job = self.queue.get(attempt.job_id)
+            claim = Claim(job, attempt.attempt, attempt.lease_token, attempt.gpu_ids, agent_id)
             self._launch(claim, Adoption(state, attempt.status, attempt.started_at))
 
-    def _record_infra_error(self, attempt: ActiveAttempt, reason: str, *, release: bool) -> None:
+    def _record_infra_error(
+        self, attempt: ActiveAttempt, reason: str, *, owner: str | None = None
+    ) -> None:
+        """Record an attempt lost with its agent. `owner` is another agent whose lease expired:
+        its resources stay held until that agent confirms its container is gone."""
         job = self.queue.get(attempt.job_id)
-        claim = Claim(job, attempt.attempt, attempt.lease_token, attempt.gpu_ids)
-        decision = self.policy.decide(
-            Outcome.INFRA_ERROR,
-            exit_code=None,
-            retries_used=job.retries_used,
-            max_retries=job.max_retries,
-            infra_retries_used=job.infra_retries_used,
-        )
+        agent_id = owner or self.settings.agent_id
+        claim = Claim(job, attempt.attempt, attempt.lease_token, attempt.gpu_ids, agent_id)
+        decision = self.policy.decide_for(job, Outcome.INFRA_ERROR, exit_code=None)
         try:
             status = self.queue.finish(
                 claim, attempt.status, AttemptResult(Outcome.INFRA_ERROR.value, reason), decision
@@ -334,7 +325,7 @@ class Agent:
             log.info("reconcile: job %s attempt %d: %s", job.id, attempt.attempt, exc)
             return
         finally:
-            if release:  # no container exists for it: its resources are free
+            if owner is None:  # ours, and no container exists for it: its resources are free
                 self.queue.release(self.settings.agent_id, job.id, attempt.attempt)
         with JobLogWriter(
             job_log_path(self.settings.log_dir, job.id),

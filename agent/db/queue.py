@@ -336,7 +336,7 @@ class JobQueue:
             )
             s.flush()
             s.refresh(row)
-            return Claim(job=_job(row, []), attempt=number, lease_token=token, gpu_ids=gpu_ids)
+            return Claim(_job(row, []), number, token, gpu_ids, agent_id)
 
     def _lock_queued(self, s: Session, job_id: str) -> JobRow | None:
         """The job's row, locked for this transaction, if it is still queued and not locked."""
@@ -441,7 +441,7 @@ class JobQueue:
                 "started",
                 JobStatus.STARTING,
                 JobStatus.RUNNING,
-                _agent_of(s, claim),
+                claim.agent_id,
                 f"attempt {claim.attempt} running",
                 attempt=claim.attempt,
             )
@@ -479,7 +479,7 @@ class JobQueue:
         else:
             values["finished_at"] = now
         with self.db.transaction() as s:
-            agent_id = _agent_of(s, claim)
+            agent_id = claim.agent_id
             s.execute(
                 update(AttemptRow)
                 .where(
@@ -526,7 +526,7 @@ class JobQueue:
                 kind,
                 None,
                 None,
-                _agent_of(s, claim),
+                claim.agent_id,
                 message,
                 claim.attempt,
             )
@@ -670,15 +670,6 @@ class JobQueue:
 
 def _rowcount(result: Any) -> int:
     return int(result.rowcount)
-
-
-def _agent_of(s: Session, claim: Claim) -> str:
-    agent = s.scalar(
-        select(AttemptRow.agent_id).where(
-            AttemptRow.job_id == claim.job.id, AttemptRow.number == claim.attempt
-        )
-    )
-    return agent or "agent"
 
 
 def _event(

@@ -67,10 +67,6 @@ class ContainerState:
     error: str
     labels: dict[str, str]
 
-    @property
-    def running(self) -> bool:
-        return self.status in ("running", "restarting", "paused")
-
 
 def translate(exc: Exception, doing: str) -> Exception:
     """Map a docker-py / requests error to Trainyard's exceptions, in one place."""
@@ -275,13 +271,6 @@ class DockerRunner:
             except ContainerError:
                 continue  # removed between list and inspect
         return states
-
-    def image_exists(self, image: str) -> bool:
-        try:
-            _call("inspect image", lambda: self.client.api.inspect_image(image))
-        except ImageNotFound:
-            return False
-        return True
 
 
 def _state(data: dict[str, Any]) -> ContainerState:
