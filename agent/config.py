@@ -87,8 +87,20 @@ class Settings(BaseSettings):
     # --- job logs ---
     log_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     log_backup_count: int = Field(default=5, ge=0)
+    engine_log_max_size: str = Field(
+        default="512m",
+        description="Cap of the engine's own json-file copy of a container's output (per file); "
+        "the job log is the agent's copy. See README: logs.",
+    )
+    engine_log_max_files: int = Field(default=2, ge=1, le=100)
+    log_stall_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="After a container exits, a log stream that delivers nothing for this long "
+        "is reopened from the last line written (the log is never cut short silently).",
+    )
 
-    @field_validator("default_memory", "memory_reserve")
+    @field_validator("default_memory", "memory_reserve", "engine_log_max_size")
     @classmethod
     def _memory_parses(cls, value: str) -> str:
         parse_memory(value)
@@ -134,6 +146,10 @@ class Settings(BaseSettings):
     @cached_property
     def default_memory_bytes(self) -> int:
         return parse_memory(self.default_memory)
+
+    @cached_property
+    def engine_log_max_bytes(self) -> int:
+        return parse_memory(self.engine_log_max_size)
 
     @cached_property
     def memory_reserve_bytes(self) -> int:

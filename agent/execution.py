@@ -9,13 +9,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from agent.config import Settings
 from agent.db.queue import JobQueue
 from agent.errors import ContainerError, RuntimeUnavailable, StaleState, TrainyardError
 from agent.jobs import JobStatus, Outcome
+from agent.logpump import DrainReport, LogPump, docker_since
 from agent.logs import JobLogWriter, job_log_path
 from agent.metrics import ATTEMPT_SECONDS, ATTEMPTS_FINISHED, START_LATENCY_SECONDS
 from agent.outcomes import (
@@ -23,7 +24,7 @@ from agent.outcomes import (
     SIGTERM_EXIT,
     ExitReport,
     classify,
-    is_cuda_oom_line,
+    has_cuda_oom,
 )
 from agent.records import AttemptResult, Claim
 from agent.retry import RetryPolicy
@@ -35,12 +36,12 @@ from agent.runtime.docker_runner import (
     ContainerState,
     DockerRunner,
 )
+from agent.runtime.logframes import RawLine
 from agent.units import format_memory
 
 log = logging.getLogger("trainyard.agent")
 
 OUTPUTS_MOUNT = "/outputs"
-LOG_DRAIN_SECONDS = 30.0
 SUPERVISE_TICK = 0.25
 
 
@@ -85,6 +86,8 @@ class AttemptExecution:
         self.container_id: str | None = None
         self.result: AttemptResult | None = None
         self._cuda_oom = False
+        self._pump: LogPump | None = None
+        self._drain: DrainReport | None = None
 
     @property
     def job_id(self) -> str:
@@ -189,7 +192,7 @@ class AttemptExecution:
         point = writer.resume_point()
         writer.skip_through(point)  # the engine replays from `since`: no line twice
         started = self.adopt.started_at.timestamp() if self.adopt.started_at else time.time()
-        since = _docker_since(point[0])
+        since = docker_since(point[0])
         return expected, self._watch(state.id, writer, self._deadline(started), since=since)
 
     def _deadline(self, started_wall: float) -> float | None:
@@ -220,6 +223,8 @@ class AttemptExecution:
         outcome, reason = classify(report, memory_limit=memory)
         if report.engine_error:
             reason = f"{reason} ({report.engine_error})"
+        if self._drain is not None and not self._drain.complete:
+            reason = f"{reason}; {self._drain.detail}"
         return AttemptResult(outcome.value, reason, report.exit_code, report.oom_killed)
 
     def _stopped_before_start(self) -> AttemptResult:
@@ -245,18 +250,22 @@ class AttemptExecution:
             finally:
                 exited.set()
 
-        def stream() -> None:
-            try:
-                for line in self.runtime.stream_logs(container_id, since=since):
-                    writer.container(line.stream, line.timestamp, line.text)
-                    if not self._cuda_oom and is_cuda_oom_line(line.text):
-                        self._cuda_oom = True
-            except Exception as exc:
-                writer.agent(f"log stream ended early: {exc}", attempt=self.claim.attempt)
-
+        pump = LogPump(
+            lambda cid, since_: self.runtime.open_logs(cid, since=since_),
+            container_id,
+            writer,
+            since=since,
+            attempt=self.claim.attempt,
+            on_lines=self._scan_lines,
+            stall_seconds=self.settings.log_stall_seconds,
+            engine_rotation_bytes=self.settings.engine_log_max_bytes,
+            read_engine_copy=lambda cid, since_: self.runtime.open_logs(
+                cid, since=since_, follow=False
+            ),
+        )
+        self._pump = pump
         waiter = threading.Thread(target=wait, name=f"wait-{container_id[:12]}", daemon=True)
-        streamer = threading.Thread(target=stream, name=f"logs-{container_id[:12]}", daemon=True)
-        streamer.start()
+        pump.start()
         waiter.start()
         timeout = self.claim.job.timeout_seconds
         stopped_for: str | None = None
@@ -284,7 +293,8 @@ class AttemptExecution:
                     attempt=self.claim.attempt,
                 )
                 self._stop_container(container_id)
-        streamer.join(LOG_DRAIN_SECONDS)
+        # The attempt is not over until the engine has delivered every line it holds.
+        self._drain = pump.finish()
         if failure:
             raise (
                 failure[0]
@@ -316,6 +326,10 @@ class AttemptExecution:
             cancelled=stopped_for == "cancelled",
             timed_out=stopped_for == "timeout",
         )
+
+    def _scan_lines(self, batch: list[RawLine]) -> None:
+        if not self._cuda_oom and has_cuda_oom(b"\n".join(text for _, _, text in batch)):
+            self._cuda_oom = True
 
     def _stop_container(self, container_id: str) -> None:
         # The engine keeps the SIGTERM → SIGKILL clock; this call returns once it is dead.
@@ -392,6 +406,8 @@ class AttemptExecution:
             user=self.settings.container_user,
             gpu_ids=self.claim.gpu_ids,
             mounts={str(outputs): OUTPUTS_MOUNT},
+            engine_log_max_bytes=self.settings.engine_log_max_bytes,
+            engine_log_max_files=self.settings.engine_log_max_files,
         )
 
     def _outputs_dir(self) -> Path:
@@ -404,12 +420,3 @@ class AttemptExecution:
         else:
             path.chmod(0o777)  # a non-root agent cannot chown; let the container user write
         return path
-
-
-def _docker_since(timestamp: str | None) -> str | None:
-    """A log timestamp (RFC 3339, 9 fractional digits, UTC) as the engine's `since` value."""
-    if timestamp is None:
-        return None
-    base, _, fraction = timestamp.rstrip("Z").partition(".")
-    seconds = int(datetime.strptime(base, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp())
-    return f"{seconds}.{fraction.ljust(9, '0')[:9]}"

@@ -19,10 +19,11 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, NamedTuple, Self
+from typing import BinaryIO, NamedTuple, Self, cast
+
+from agent.runtime.logframes import MAX_LINE_BYTES, RawLine, normalize_timestamp, truncated
 
 __all__ = [
     "MAX_LINE_BYTES",
@@ -35,18 +36,12 @@ __all__ = [
     "tail",
 ]
 
-MAX_LINE_BYTES = 64 * 1024
-"""Longest ``text`` (UTF-8 bytes) kept for one record; the rest is replaced by a marker."""
-
 _SOURCES = ("agent", "stdout", "stderr")
 _CONTAINER_SOURCES = frozenset({"stdout", "stderr"})
 _TIMESTAMP_LEN = 30
 _TEXT_OFFSET = _TIMESTAMP_LEN + 8  # timestamp, space, 6-char source, space
 
 _JOB_ID = re.compile(r"[0-9a-fA-F]{1,128}")
-_RFC3339 = re.compile(
-    r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})",
-)
 _NORMALIZED = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{9}Z")
 
 _BLOCK = 64 * 1024
@@ -89,24 +84,6 @@ def _now_timestamp() -> str:
     return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{nanos:09d}Z"
 
 
-def _normalize_timestamp(value: str) -> str | None:
-    """Return ``value`` as UTC with nine fractional digits, or None if it is not RFC 3339.
-
-    Docker already sends ``...T10:00:00.123456789Z``; shorter fractions and numeric offsets
-    are accepted too, keeping every digit of precision.
-    """
-    match = _RFC3339.fullmatch(value.strip())
-    if match is None:
-        return None
-    base, fraction, zone = match.groups()
-    try:
-        moment = datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone))
-    except ValueError:
-        return None
-    base = moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{base}.{(fraction or '').ljust(9, '0')}Z"
-
-
 def _split_text(text: str) -> list[str]:
     """One piece per physical line: drop one trailing newline, all CRs, split on LF."""
     if text.endswith("\n"):
@@ -114,32 +91,29 @@ def _split_text(text: str) -> list[str]:
     return text.replace("\r", "").split("\n")
 
 
-def _truncate(text: str) -> str:
-    if len(text) * 6 <= MAX_LINE_BYTES:  # a char is at most 6 bytes once backslash-escaped
-        return text
+def _encode_piece(text: str) -> bytes:
     data = text.encode("utf-8", "backslashreplace")
     if len(data) <= MAX_LINE_BYTES:
-        return text
-    kept = data[:MAX_LINE_BYTES].decode("utf-8", "ignore")
-    dropped = len(data) - len(kept.encode("utf-8"))
-    return f"{kept} …[truncated {dropped} bytes]"
+        return data
+    kept = data[:MAX_LINE_BYTES].decode("utf-8", "ignore").encode()
+    return truncated(kept, len(data) - len(kept))
 
 
-class _RotatingHandler(logging.handlers.RotatingFileHandler):
-    """Never rolls an empty file over, so one oversized line cannot push history out."""
-
-    def shouldRollover(self, record: logging.LogRecord) -> bool:
-        if not super().shouldRollover(record):
-            return False
-        return self.stream is not None and self.stream.tell() > 0
+_SOURCE_FIELD = {
+    "stdout": b" stdout ",
+    "stderr": b" stderr ",
+    "agent": b" agent  ",
+    "engine": b" agent  ",  # the engine's own messages in the stream (stream id 3)
+}
 
 
 class JobLogWriter:
     """Appends a job's whole story to ``logs/jobs/<job_id>.log``.
 
-    Records go straight to a ``RotatingFileHandler`` (not through the logging tree), one
-    ``write`` + flush per line, so rotation only ever happens between whole lines. Safe to use
-    from several threads; the pieces of one multi-line call stay together.
+    Lines are written in batches of whole lines, as bytes, with one flush per batch: the
+    container side hands over everything one socket read delivered, so the per-line cost is a
+    few tuple operations. Rotation follows ``RotatingFileHandler`` (it does the renaming) and
+    only ever happens between whole lines. Safe to use from several threads.
     """
 
     def __init__(
@@ -154,71 +128,100 @@ class JobLogWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _drop_torn_last_line(self.path)
-        self._last_container_timestamp = _scan_last_container_timestamp(self.path)
-        self._lines_at_last = _count_container_lines_at(self.path, self._last_container_timestamp)
-        self._skip: tuple[str, int] | None = None
+        last = _scan_last_container_timestamp(self.path)
+        self._last_ts = last.encode() if last else b""
+        self._lines_at_last = _count_container_lines_at(self.path, last)
+        self._skip: tuple[bytes, int] | None = None
         self._lock = threading.RLock()
         self._closed = False
-        self._handler = _RotatingHandler(
-            self.path,
-            maxBytes=max_bytes,
-            backupCount=backup_count,
-            encoding="utf-8",
-            delay=False,
-            errors="backslashreplace",
+        self._max_bytes = max_bytes if backup_count > 0 else 0  # as RotatingFileHandler
+        self._handler = logging.handlers.RotatingFileHandler(
+            self.path, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8"
         )
-        self._handler.setFormatter(logging.Formatter("%(message)s"))
+        self._size = self.path.stat().st_size
+        self.container_lines_written = 0
+        self.bytes_written = 0
 
     @property
     def last_container_timestamp(self) -> str | None:
         """Newest Docker timestamp written (normalized), to resume streaming after a restart."""
-        return self._last_container_timestamp
+        return self._last_ts.decode() or None
 
     def resume_point(self) -> tuple[str | None, int]:
         """(newest container timestamp written, how many container lines carry exactly it)."""
         with self._lock:
-            return self._last_container_timestamp, self._lines_at_last
+            return self._last_ts.decode() or None, self._lines_at_last
 
     def skip_through(self, point: tuple[str | None, int]) -> None:
         """Drop container lines already written before `point`: used when re-attaching to a
         container whose logs are replayed from that timestamp, so no line is written twice."""
         timestamp, count = point
         with self._lock:
-            self._skip = (timestamp, count) if timestamp is not None else None
+            self._skip = (timestamp.encode(), count) if timestamp is not None else None
 
     def agent(self, message: str, *, attempt: int | None = None) -> None:
         """Write an agent message stamped with the current UTC time."""
         prefix = "" if attempt is None else f"[attempt {attempt}] "
-        pieces = [prefix + piece for piece in _split_text(message)]
-        self._write(_now_timestamp(), "agent", pieces)
+        head = _now_timestamp().encode() + _SOURCE_FIELD["agent"]
+        data = b"".join(
+            head + _encode_piece(prefix + piece) + b"\n" for piece in _split_text(message)
+        )
+        with self._lock:
+            self._write_block(data)
 
     def container(self, stream: str, timestamp: str, text: str) -> None:
-        """Write container output; ``timestamp`` is Docker's RFC3339Nano string.
+        """Write container output given as text; ``timestamp`` is RFC 3339 (Docker's).
 
         A timestamp that does not parse is replaced by the previous container timestamp (the
         current time when there is none).
         """
-        if stream not in _CONTAINER_SOURCES:
+        if stream not in ("stdout", "stderr"):
             raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
-        normalized = _normalize_timestamp(timestamp)
-        pieces = _split_text(text)
+        normalized = normalize_timestamp(timestamp)
         with self._lock:
-            if normalized is not None and self._already_written(normalized):
-                return
             # A timestamp that does not parse takes the previous one, so the file (what a
             # reopened writer reads) and this writer always agree on the resume point.
-            written = normalized or self._last_container_timestamp or _now_timestamp()
-            self._write(written, stream, pieces)
-            last = self._last_container_timestamp
-            if last is None or written > last:
-                self._last_container_timestamp = written
-                self._lines_at_last = len(pieces)
-            elif written == last:
-                self._lines_at_last += len(pieces)
+            written = normalized or self.last_container_timestamp or _now_timestamp()
+            stamp = written.encode()
+            self.container_lines(
+                [(stream, stamp, _encode_piece(piece)) for piece in _split_text(text)]
+            )
 
-    def _already_written(self, timestamp: str) -> bool:
-        if self._skip is None:
-            return False
+    def container_lines(self, lines: list[RawLine]) -> None:
+        """Write a batch of container lines as the engine delivered them (see logframes)."""
+        if not lines:
+            return
+        with self._lock:
+            if self._skip is not None:
+                lines = self._drop_replayed(lines)
+            parts: list[bytes] = []
+            last, at_last = self._last_ts, self._lines_at_last
+            source = _SOURCE_FIELD
+            for stream, ts, text in lines:
+                if ts > last:
+                    last, at_last = ts, 1
+                elif ts == last:
+                    at_last += 1
+                parts += (ts, source[stream], text, b"\n")
+            data = b"".join(parts)
+            if data.count(b"\n") != len(lines) or b"\r" in data:
+                data = _clean_block(lines)
+            if not data.isascii():
+                data = data.decode("utf-8", "replace").encode()
+            self._write_block(data)
+            self._last_ts, self._lines_at_last = last, at_last
+            self.container_lines_written += len(lines)
+
+    def _drop_replayed(self, lines: list[RawLine]) -> list[RawLine]:
+        kept = []
+        for line in lines:
+            if self._skip is not None and self._already_written(line[1]):
+                continue
+            kept.append(line)
+        return kept
+
+    def _already_written(self, timestamp: bytes) -> bool:
+        assert self._skip is not None
         until, remaining = self._skip
         if timestamp < until:
             return True
@@ -227,6 +230,45 @@ class JobLogWriter:
             return True
         self._skip = None  # past the resume point: everything from here on is new
         return False
+
+    def _write_block(self, data: bytes) -> None:
+        """Append whole lines; roll over between lines exactly where RotatingFileHandler would
+        (before a line that would pass max_bytes, never leaving an empty file behind)."""
+        if self._closed:
+            raise ValueError(f"log writer for {self.path} is closed")
+        stream = self._binary_stream()
+        total = len(data)
+        while data:
+            room = self._max_bytes - self._size
+            if not self._max_bytes or len(data) <= room:
+                stream.write(data)
+                self._size += len(data)
+                break
+            cut = data.rfind(b"\n", 0, max(room, 0)) + 1
+            if cut == 0:
+                if self._size > 0:
+                    stream = self._rollover()
+                    continue
+                cut = data.find(b"\n") + 1 or len(data)  # one line longer than a whole file
+            stream.write(data[:cut])
+            self._size += cut
+            data = data[cut:]
+            if data:
+                stream = self._rollover()
+        stream.flush()
+        self.bytes_written += total
+
+    def _rollover(self) -> BinaryIO:
+        self._binary_stream().flush()
+        self._handler.doRollover()
+        self._size = 0
+        return self._binary_stream()
+
+    def _binary_stream(self) -> BinaryIO:
+        """The handler's file underneath its text layer (which this writer never uses)."""
+        stream = self._handler.stream
+        assert stream is not None
+        return cast(BinaryIO, stream.buffer)
 
     def flush(self) -> None:
         with self._lock:
@@ -250,14 +292,14 @@ class JobLogWriter:
     ) -> None:
         self.close()
 
-    def _write(self, timestamp: str, source: str, pieces: list[str]) -> None:
-        head = f"{timestamp} {source:<6} "
-        with self._lock:
-            if self._closed:
-                raise ValueError(f"log writer for {self.path} is closed")
-            for piece in pieces:
-                record = logging.makeLogRecord({"msg": head + _truncate(piece)})
-                self._handler.handle(record)
+
+def _clean_block(lines: list[RawLine]) -> bytes:
+    """The slow path for text with CRs or embedded newlines: one record per physical line."""
+    parts: list[bytes] = []
+    for stream, ts, text in lines:
+        head = ts + _SOURCE_FIELD[stream]
+        parts.extend(head + piece + b"\n" for piece in text.replace(b"\r", b"").split(b"\n"))
+    return b"".join(parts)
 
 
 def _drop_torn_last_line(path: Path) -> None:
@@ -295,6 +337,30 @@ def _count_container_lines_at(path: Path, timestamp: str | None) -> int:
                             return count
         except FileNotFoundError:
             continue
+    return count
+
+
+def count_container_lines_since(path: Path, timestamp: str) -> int:
+    """How many container lines of the log (with its rotations) carry `timestamp` or later.
+
+    Reads backwards and stops a window past the first older line (stdout and stderr may
+    interleave slightly out of timestamp order)."""
+    count = 0
+    older_at: int | None = None
+    consumed = 0
+    for candidate in reversed(rotated_files(path)):
+        with candidate.open("rb") as fh:
+            for raw in _reverse_lines(fh, os.fstat(fh.fileno()).st_size):
+                consumed += len(raw) + 1
+                parsed = parse_line(raw.decode("utf-8", "replace"))
+                if parsed is None or parsed.source not in _CONTAINER_SOURCES:
+                    continue
+                if parsed.timestamp >= timestamp:
+                    count += 1
+                elif older_at is None:
+                    older_at = consumed
+                elif consumed - older_at >= _RESUME_WINDOW:
+                    return count
     return count
 
 

@@ -28,8 +28,16 @@ _CUDA_OOM = re.compile(
 )
 
 
+_CUDA_OOM_BYTES = re.compile(_CUDA_OOM.pattern.encode(), re.IGNORECASE)
+
+
 def is_cuda_oom_line(text: str) -> bool:
     return _CUDA_OOM.search(text) is not None
+
+
+def has_cuda_oom(output: bytes) -> bool:
+    """Whether a block of output (many lines at once: one regex pass) shows a GPU OOM."""
+    return _CUDA_OOM_BYTES.search(output) is not None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,86 @@
+"""A job's log is complete: every line a container prints arrives once, in order, whatever
+the rate and whatever the line length (real engine, real agent, SQLite)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agent.config import Settings
+from agent.logs import job_log_path, parse_line, rotated_files
+from tests.conftest import Harness
+
+pytestmark = pytest.mark.docker
+
+LINES = 2_000_000
+
+
+def _container_lines(settings: Settings, job_id: str) -> list[tuple[str, str]]:
+    path = job_log_path(settings.log_dir, job_id)
+    lines = []
+    for file in rotated_files(path):
+        for raw in file.read_text(encoding="utf-8").splitlines():
+            parsed = parse_line(raw)
+            assert parsed is not None, raw
+            if parsed.source != "agent":
+                lines.append((parsed.source, parsed.text))
+    return lines
+
+
+def _agent_lines(settings: Settings, job_id: str) -> str:
+    path = job_log_path(settings.log_dir, job_id)
+    return "\n".join(
+        line
+        for file in rotated_files(path)
+        for line in file.read_text(encoding="utf-8").splitlines()
+        if " agent  " in line[29:38]
+    )
+
+
+def test_two_million_fast_lines_arrive_exactly_once_in_order(
+    start_harness: Callable[..., Harness],
+    make_settings: Callable[..., Settings],
+    sqlite_url: str,
+) -> None:
+    settings = make_settings(
+        database_url=sqlite_url, log_max_bytes=16 * 1024 * 1024, log_backup_count=50
+    )
+    harness = start_harness(settings)
+    script = f"seq 1 {LINES}; echo last-on-stderr >&2"
+    job = harness.submit({"command": ["sh", "-c", script], "resources": {"cpus": 1}})
+    final = harness.wait_final(job["id"], timeout=240)
+    assert final["status"] == "succeeded", final
+    harness.wait_no_containers()
+
+    lines = _container_lines(settings, job["id"])
+    stdout = [text for source, text in lines if source == "stdout"]
+    assert len(stdout) == LINES
+    # Exactly once and in order: the numbers are 1..N with no gap and no repeat.
+    assert stdout == [str(i) for i in range(1, LINES + 1)]
+    assert ("stderr", "last-on-stderr") in lines
+    assert "log incomplete" not in _agent_lines(settings, job["id"])
+    assert "log incomplete" not in (final["reason"] or "")
+
+
+def test_a_huge_line_without_newline_is_capped_and_the_next_line_survives(
+    start_harness: Callable[..., Harness],
+    make_settings: Callable[..., Settings],
+    sqlite_url: str,
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(database_url=sqlite_url)
+    harness = start_harness(settings)
+    script = "head -c 16000000 /dev/zero | tr '\\0' x; echo; echo after-the-big-one"
+    job = harness.submit({"command": ["sh", "-c", script]})
+    final = harness.wait_final(job["id"], timeout=120)
+    assert final["status"] == "succeeded", final
+
+    lines = _container_lines(settings, job["id"])
+    assert [source for source, _ in lines] == ["stdout", "stdout"]
+    big, after = (text for _, text in lines)
+    assert big.startswith("x" * 1000)
+    assert big.endswith(f" …[truncated {16_000_000 - 64 * 1024} bytes]")
+    assert after == "after-the-big-one"
+    harness.wait_no_containers()
