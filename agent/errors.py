@@ -22,6 +22,12 @@ class InvalidJobSpec(TrainyardError):
     status_code = 422
 
 
+class InvalidRequest(TrainyardError):
+    """The request is not valid."""
+
+    status_code = 400
+
+
 class JobNotFound(TrainyardError):
     """No job has that id."""
 

@@ -13,7 +13,7 @@ from agent.db.engine import Database
 from agent.db.queue import JobQueue
 from agent.errors import InvalidJobSpec, RuntimeUnavailable
 from agent.jobs import JobSpec, JobStatus
-from agent.logs import follow, job_log_path, tail
+from agent.logs import follow_positioned, job_log_path, tail
 from agent.metrics import JOBS_REJECTED, JOBS_SUBMITTED, QUEUE_DEPTH
 from agent.records import AgentInfo, Event, Job, NewJob, Stats
 from agent.runtime.docker_runner import DockerRunner
@@ -180,6 +180,20 @@ class TrainyardService:
 
     def log_follow(self, job_id: str, *, from_lines: int) -> Iterator[str]:
         """Lines as they are written; ends once the job is final and its log drained."""
+        for position, line in self.log_follow_positioned(job_id, from_lines=from_lines):
+            if position:
+                yield line
+
+    def log_follow_positioned(
+        self,
+        job_id: str,
+        *,
+        from_lines: int,
+        after: tuple[str, int] | None = None,
+        heartbeat: float | None = None,
+    ) -> Iterator[tuple[str, str]]:
+        """(position, line) as lines are written (see logs.follow_positioned); ends once the
+        job is final and its log drained."""
         self.queue.get(job_id)
         last_check = 0.0
         finished = False
@@ -194,7 +208,13 @@ class TrainyardService:
                 finished = job.status.is_final and job_id not in self._running_here()
             return finished
 
-        return follow(job_log_path(self.settings.log_dir, job_id), from_lines=from_lines, stop=stop)
+        return follow_positioned(
+            job_log_path(self.settings.log_dir, job_id),
+            from_lines=from_lines,
+            after=after,
+            stop=stop,
+            heartbeat=heartbeat,
+        )
 
     def _running_here(self) -> list[str]:
         return self.agent.running_job_ids() if self.agent is not None else []

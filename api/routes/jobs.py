@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
+from agent.errors import InvalidRequest
 from agent.jobs import JobSpec, JobStatus
+from agent.logs import parse_position
+from agent.service import TrainyardService
 from api.deps import ServiceDep
 from api.schemas import EventOut, JobOut, JobPage
 
@@ -61,7 +64,7 @@ def job_events(job_id: JobId, service: ServiceDep) -> list[EventOut]:
 @router.get(
     "/{job_id}/logs",
     response_class=PlainTextResponse,
-    responses={200: {"content": {"text/plain": {}}}},
+    responses={200: {"content": {"text/plain": {}, "text/event-stream": {}}}},
 )
 def job_logs(
     job_id: JobId,
@@ -70,8 +73,23 @@ def job_logs(
     follow: Annotated[
         bool, Query(description="Keep streaming new lines until the job ends.")
     ] = False,
+    accept: Annotated[str, Header(include_in_schema=False)] = "",
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            max_length=60,
+            description="SSE: continue just after this event id (a position in the log).",
+        ),
+    ] = None,
 ) -> Response:
-    """The job's log (agent lines and the container's stdout/stderr), across rotated files."""
+    """The job's log (agent lines and the container's stdout/stderr), across rotated files.
+
+    With `follow=true` and `Accept: text/event-stream` the log is sent as Server-Sent Events:
+    one `data:` line per log line, each with an `id` (its position in the log) so a client
+    that reconnects with `Last-Event-ID` continues exactly where it stopped, across rotation;
+    a last `end` event carries the job's status."""
+    if follow and "text/event-stream" in accept:
+        return _sse_logs(service, job_id, tail, last_event_id)
     if not follow:
         lines = service.log_tail(job_id, tail)
         return PlainTextResponse("".join(f"{line}\n" for line in lines))
@@ -82,3 +100,35 @@ def job_logs(
             yield f"{line}\n"
 
     return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
+
+
+SSE_HEARTBEAT_SECONDS = 15.0
+
+
+def _sse_logs(
+    service: TrainyardService, job_id: str, tail: int, last_event_id: str | None
+) -> StreamingResponse:
+    after = parse_position(last_event_id) if last_event_id else None
+    if last_event_id and after is None:
+        raise InvalidRequest(
+            "Last-Event-ID is not a log position of this service; reconnect without it"
+        )
+    items = service.log_follow_positioned(
+        job_id, from_lines=tail, after=after, heartbeat=SSE_HEARTBEAT_SECONDS
+    )
+
+    def events() -> Iterator[str]:
+        for position, line in items:
+            if position == "gap":
+                yield "event: gap\ndata: older lines were rotated out of the log\n\n"
+            elif position:
+                yield f"id: {position}\ndata: {line}\n\n"
+            else:
+                yield ": keep-alive\n\n"  # a write that fails tells us the reader left
+        yield f"event: end\ndata: {service.get(job_id).status.value}\n\n"
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

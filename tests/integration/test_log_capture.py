@@ -3,7 +3,7 @@ the rate and whatever the line length (real engine, real agent, SQLite)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -84,3 +84,65 @@ def test_a_huge_line_without_newline_is_capped_and_the_next_line_survives(
     assert big.endswith(f" …[truncated {16_000_000 - 64 * 1024} bytes]")
     assert after == "after-the-big-one"
     harness.wait_no_containers()
+
+
+def _sse_events(lines: Iterator[str]) -> Iterator[dict[str, str]]:
+    event: dict[str, str] = {}
+    for line in lines:
+        if not line:
+            if event:
+                yield event
+            event = {}
+        elif not line.startswith(":"):
+            key, _, value = line.partition(": ")
+            event[key] = value
+
+
+def test_sse_follow_resumes_with_last_event_id_across_rotation(
+    start_harness: Callable[..., Harness],
+    make_settings: Callable[..., Settings],
+    sqlite_url: str,
+) -> None:
+    """A reader drops mid-stream and reconnects with Last-Event-ID: every line once, in order,
+    although the log rotated many times in between."""
+    settings = make_settings(database_url=sqlite_url, log_max_bytes=4096, log_backup_count=1000)
+    harness = start_harness(settings)
+    script = "for i in $(seq 1 3000); do echo n $i; [ $((i % 500)) -eq 0 ] && sleep 0.3; done"
+    job = harness.submit({"command": ["sh", "-c", script]})
+    url = f"/jobs/{job['id']}/logs"
+    headers = {"Accept": "text/event-stream"}
+    seen: list[str] = []
+    last_id = ""
+    with harness.client.stream(
+        "GET", url, params={"follow": "true", "tail": 10000}, headers=headers
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for event in _sse_events(response.iter_lines()):
+            if "id" in event:
+                seen.append(event["data"])
+                last_id = event["id"]
+            if sum(1 for s in seen if " stdout n " in s) >= 700:
+                break  # the reader goes away mid-stream
+    harness.wait_final(job["id"], timeout=120)
+    end = None
+    with harness.client.stream(
+        "GET", url, params={"follow": "true"}, headers={**headers, "Last-Event-ID": last_id}
+    ) as response:
+        for event in _sse_events(response.iter_lines()):
+            if event.get("event") == "end":
+                end = event["data"]
+                break
+            if "id" in event:
+                seen.append(event["data"])
+    assert end == "succeeded"
+    numbers = [int(s.rsplit(" ", 1)[1]) for s in seen if " stdout n " in s]
+    assert numbers == list(range(1, 3001))
+    rotated = rotated_files(job_log_path(settings.log_dir, job["id"]))
+    assert len(rotated) > 20  # it really rotated while the reader was away
+
+    bad = harness.client.get(
+        url, params={"follow": "true"}, headers={**headers, "Last-Event-ID": "nonsense"}
+    )
+    assert bad.status_code == 400
+    assert "Last-Event-ID" in bad.json()["detail"]

@@ -12,8 +12,10 @@ from agent.logs import (
     MAX_LINE_BYTES,
     JobLogWriter,
     follow,
+    follow_positioned,
     job_log_path,
     parse_line,
+    parse_position,
     rotated_files,
     tail,
 )
@@ -370,3 +372,67 @@ def test_a_torn_last_line_is_dropped_on_reopen(tmp_path: Path) -> None:
         writer.skip_through(writer.resume_point())
         writer.container("stdout", "2026-11-22T10:00:00.000000002Z", "torn line, whole again")
     assert _container_lines(path) == ["whole", "torn line, whole again"]
+
+
+# --- positions (SSE ids) -----------------------------------------------------------------
+
+
+def _positioned_texts(items: list[tuple[str, str]]) -> list[int]:
+    return [number(line) for pos, line in items if pos and pos != "gap"]
+
+
+def test_resume_after_a_position_across_rotation_loses_and_repeats_nothing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "job.log"
+    with JobLogWriter(path, max_bytes=2000, backup_count=100) as writer:
+        write_numbered(writer, 100)
+        first = list(follow_positioned(path, from_lines=1000, stop=lambda: True))
+        assert _positioned_texts(first) == list(range(100))
+        kept = first[:30]
+        write_numbered(writer, 500, start=100)  # many rotations since the reader left
+    after = parse_position(kept[-1][0])
+    assert after is not None
+    rest = list(follow_positioned(path, after=after, stop=lambda: True))
+    assert _positioned_texts(kept) + _positioned_texts(rest) == list(range(600))
+    # Every id is unique and a later id resumes just after its own line.
+    ids = [pos for pos, _ in rest]
+    assert len(set(ids)) == len(ids)
+    middle = parse_position(rest[200][0])
+    assert middle is not None
+    again = list(follow_positioned(path, after=middle, stop=lambda: True))
+    assert _positioned_texts(again) == list(range(30 + 201, 600))
+
+
+def test_resume_from_a_file_rotated_out_reports_the_gap(tmp_path: Path) -> None:
+    path = tmp_path / "job.log"
+    with JobLogWriter(path, max_bytes=2000, backup_count=2) as writer:
+        write_numbered(writer, 20)
+        items = list(follow_positioned(path, from_lines=5, stop=lambda: True))
+        position = items[0][0]
+        write_numbered(writer, 500, start=20)
+    after = parse_position(position)
+    assert after is not None
+    items = list(follow_positioned(path, after=after, stop=lambda: True))
+    assert items[0] == ("gap", "")
+    assert _positioned_texts(items)[-1] == 519
+
+
+def test_parse_position_refuses_garbage() -> None:
+    assert parse_position("12.2026-34") == ("12.2026", 34)
+    for bad in ["", "x-1", "1", "1-", "-1", "1.2-3-4", "1.x-3", "12-34", "9" * 90 + ".1-1"]:
+        assert parse_position(bad) is None, bad
+
+
+def test_heartbeat_while_quiet(tmp_path: Path) -> None:
+    path = tmp_path / "job.log"
+    with JobLogWriter(path) as writer:
+        writer.agent("hello")
+    calls = iter([False, False, False, True])
+    items = list(
+        follow_positioned(
+            path, from_lines=10, stop=lambda: next(calls), poll_interval=0.05, heartbeat=0.01
+        )
+    )
+    assert items[0][1].endswith("hello")
+    assert ("", "") in items
