@@ -18,9 +18,9 @@ from types import FrameType
 import uvicorn
 
 from agent.config import Settings
+from agent.core.errors import TrainyardError
 from agent.db.migrate import upgrade
-from agent.errors import TrainyardError
-from agent.system import System
+from agent.wiring import System
 from api.app import create_app
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from agent.units import parse_memory
+from agent.core.units import parse_memory
 
 DEFAULT_TRAIN_IMAGE = "trainyard/train:latest"
 

@@ -9,16 +9,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agent.config import Settings
+from agent.core.errors import InvalidJobSpec, RuntimeUnavailable
+from agent.core.jobs import JobSpec, JobStatus
+from agent.core.records import AgentInfo, Event, Job, NewJob, Stats
+from agent.core.units import format_memory, parse_memory
 from agent.db.engine import Database
 from agent.db.queue import JobQueue
-from agent.errors import InvalidJobSpec, RuntimeUnavailable
-from agent.jobs import JobSpec, JobStatus
-from agent.logs import follow_positioned, job_log_path, tail
+from agent.joblog import follow_positioned, job_log_path, tail
 from agent.metrics import JOBS_REJECTED, JOBS_SUBMITTED, QUEUE_DEPTH
-from agent.records import AgentInfo, Event, Job, NewJob, Stats
 from agent.runtime.docker_runner import DockerRunner
-from agent.units import format_memory, parse_memory
-from agent.worker import Agent
+from agent.worker.agent import Agent
 
 FOLLOW_STATUS_CHECK_SECONDS = 1.0
 

@@ -13,8 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from agent.config import Settings
-from agent.errors import QueueFull, TrainyardError
-from agent.system import System
+from agent.core.errors import QueueFull, TrainyardError
+from agent.wiring import System
 from api.routes import jobs, system, train
 
 log = logging.getLogger("trainyard.api")

@@ -7,9 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent.jobs import JobStatus, check_params
-from agent.records import AgentInfo, Attempt, Event, Job, Stats
-from agent.units import format_memory
+from agent.core.jobs import JobStatus, check_params
+from agent.core.records import AgentInfo, Attempt, Event, Job, Stats
+from agent.core.units import format_memory
 
 
 class ResourcesOut(BaseModel):

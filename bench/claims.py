@@ -54,11 +54,11 @@ import docker.errors
 import psycopg
 from sqlalchemy import event, text
 
+from agent.core.records import Job, NewJob
+from agent.core.scheduling import Capacity
 from agent.db.engine import Database
 from agent.db.migrate import upgrade
 from agent.db.queue import JobQueue
-from agent.gpus import Capacity
-from agent.records import Job, NewJob
 from agent.runtime.docker_runner import AGENT_LABEL
 from bench.throughput import (
     PG_ADMIN_URL,

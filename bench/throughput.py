@@ -48,10 +48,10 @@ from psycopg import sql
 from sqlalchemy import event
 
 from agent.config import Settings
-from agent.jobs import JobSpec, JobStatus, Resources
-from agent.records import Job
+from agent.core.jobs import JobSpec, JobStatus, Resources
+from agent.core.records import Job
 from agent.runtime.docker_runner import AGENT_LABEL
-from agent.system import System
+from agent.wiring import System
 
 IMAGE = "trainyard/train:latest"
 COMMAND = ["true"]

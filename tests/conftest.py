@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from agent.config import Settings
 from agent.db.migrate import upgrade
-from agent.system import System
+from agent.wiring import System
 from api.app import create_app
 
 PG_ADMIN_DSN = os.environ.get(

@@ -10,13 +10,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, delete, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from agent.db.engine import Database
-from agent.db.models import AgentRow, AttemptRow, EventRow, GpuHoldRow, JobRow
-from agent.db.notify import CANCEL_CHANNEL, JOBS_CHANNEL, notify
-from agent.errors import InvalidTransition, JobNotFound, QueueFull, StaleState
-from agent.gpus import Capacity
-from agent.jobs import JobStatus, check_transition
-from agent.records import (
+from agent.core.errors import InvalidTransition, JobNotFound, QueueFull, StaleState
+from agent.core.jobs import JobStatus, check_transition
+from agent.core.records import (
     ActiveAttempt,
     AgentInfo,
     Attempt,
@@ -27,8 +23,11 @@ from agent.records import (
     NewJob,
     Stats,
 )
-from agent.retry import RetryDecision
-from agent.scheduling import Demand, Free, assign_gpus, pick
+from agent.core.retry import RetryDecision
+from agent.core.scheduling import Capacity, Demand, Free, assign_gpus, pick
+from agent.db.engine import Database
+from agent.db.models import AgentRow, AttemptRow, EventRow, GpuHoldRow, JobRow
+from agent.db.notify import CANCEL_CHANNEL, JOBS_CHANNEL, notify
 
 CLAIM_BATCH = 50
 SUBMIT_LOCK_KEY = 0x7472_6169_6E79  # "trainy": serialises the queue-bound check on PostgreSQL

@@ -14,7 +14,7 @@ import docker.errors
 import requests.exceptions
 from docker.types import DeviceRequest, LogConfig
 
-from agent.errors import ContainerError, ImageNotFound, RuntimeUnavailable
+from agent.core.errors import ContainerError, ImageNotFound, RuntimeUnavailable
 from agent.runtime.logframes import MAX_LINE_BYTES, Dechunker, FrameParser, RawLine
 
 JOB_LABEL = "trainyard.job_id"

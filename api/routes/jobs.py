@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
-from agent.errors import InvalidRequest
-from agent.jobs import JobSpec, JobStatus
-from agent.logs import parse_position
+from agent.core.errors import InvalidRequest
+from agent.core.jobs import JobSpec, JobStatus
+from agent.joblog import parse_position
 from agent.service import TrainyardService
 from api.deps import ServiceDep
 from api.schemas import EventOut, JobOut, JobPage

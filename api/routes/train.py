@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from agent.jobs import JobSpec
+from agent.core.jobs import JobSpec
 from api.deps import ServiceDep
 from api.routes.jobs import JobId
 from api.schemas import JobOut, TrainAccepted, TrainRequest

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from agent.config import Settings
-from agent.gpus import Capacity
+from agent.core.scheduling import Capacity
 from tests.conftest import Harness
 
 pytestmark = pytest.mark.docker

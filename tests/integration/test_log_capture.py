@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import Settings
-from agent.logs import job_log_path, parse_line, rotated_files
+from agent.joblog import job_log_path, parse_line, rotated_files
 from tests.conftest import Harness
 
 pytestmark = pytest.mark.docker

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from sqlalchemy import text
 
+from agent.core.records import NewJob
 from agent.db.engine import Database
 from agent.db.migrate import upgrade
 from agent.db.queue import JobQueue
-from agent.records import NewJob
 
 
 def _new_job() -> NewJob:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from agent.errors import InvalidTransition
-from agent.jobs import (
+from agent.core.errors import InvalidTransition
+from agent.core.jobs import (
     FINAL_STATUSES,
     MAX_SPEC_JSON_BYTES,
     MIN_MEMORY_BYTES,

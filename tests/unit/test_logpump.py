@@ -7,10 +7,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from agent.errors import RuntimeUnavailable
-from agent.logpump import DrainReport, LogPump, docker_since
-from agent.logs import JobLogWriter, parse_line
+from agent.core.errors import RuntimeUnavailable
+from agent.joblog import JobLogWriter, parse_line
 from agent.runtime.logframes import RawLine
+from agent.worker.logpump import DrainReport, LogPump, docker_since
 
 
 def ts(i: int) -> bytes:

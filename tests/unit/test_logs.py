@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.logs import (
+from agent.joblog import (
     MAX_LINE_BYTES,
     JobLogWriter,
     follow,

@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from agent.jobs import Outcome
-from agent.outcomes import ExitReport, classify, is_cuda_oom_line
+from agent.core.jobs import Outcome
+from agent.core.outcomes import ExitReport, classify, is_cuda_oom_line
 
 CONFIG_REASON = "the command could not run in the image; check the job's command and image"
 

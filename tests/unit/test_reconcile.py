@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from agent.jobs import JobStatus
-from agent.reconcile import container_key, plan
-from agent.records import ActiveAttempt
+from agent.core.jobs import JobStatus
+from agent.core.reconcile import container_key, plan
+from agent.core.records import ActiveAttempt
 from agent.runtime.docker_runner import ContainerState
 
 

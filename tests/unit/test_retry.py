@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from agent.jobs import Outcome
-from agent.retry import RETRYABLE_BY_DEFAULT, RetryDecision, RetryPolicy
+from agent.core.jobs import Outcome
+from agent.core.retry import RETRYABLE_BY_DEFAULT, RetryDecision, RetryPolicy
 
 
 def exact(**kwargs: float) -> RetryPolicy:

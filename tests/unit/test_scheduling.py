@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from agent import gpus
-from agent.gpus import Capacity, configured_gpu_ids, detect_gpu_ids
-from agent.scheduling import Demand, Free, assign_gpus, pick
+from agent.core.scheduling import Capacity, Demand, Free, assign_gpus, pick
+from agent.worker import host as gpus
+from agent.worker.host import configured_gpu_ids, detect_gpu_ids
 
 G = 1024**3
 

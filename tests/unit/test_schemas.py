@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from agent.jobs import MAX_SPEC_JSON_BYTES, JobSpec
+from agent.core.jobs import MAX_SPEC_JSON_BYTES, JobSpec
 from api.schemas import TrainRequest
 
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from agent.units import format_memory, parse_memory
+from agent.core.units import format_memory, parse_memory
 
 K, M, G, T = 1024, 1024**2, 1024**3, 1024**4
 

@@ -13,21 +13,21 @@ from datetime import datetime
 from pathlib import Path
 
 from agent.config import Settings
-from agent.db.queue import JobQueue
-from agent.errors import ContainerError, RuntimeUnavailable, StaleState, TrainyardError
-from agent.jobs import JobStatus, Outcome
-from agent.logpump import DrainReport, LogPump, docker_since
-from agent.logs import JobLogWriter, job_log_path
-from agent.metrics import ATTEMPT_SECONDS, ATTEMPTS_FINISHED, START_LATENCY_SECONDS
-from agent.outcomes import (
+from agent.core.errors import ContainerError, RuntimeUnavailable, StaleState, TrainyardError
+from agent.core.jobs import JobStatus, Outcome
+from agent.core.outcomes import (
     SIGKILL_EXIT,
     SIGTERM_EXIT,
     ExitReport,
     classify,
     has_cuda_oom,
 )
-from agent.records import AttemptResult, Claim
-from agent.retry import RetryPolicy
+from agent.core.records import AttemptResult, Claim
+from agent.core.retry import RetryPolicy
+from agent.core.units import format_memory
+from agent.db.queue import JobQueue
+from agent.joblog import JobLogWriter, job_log_path
+from agent.metrics import ATTEMPT_SECONDS, ATTEMPTS_FINISHED, START_LATENCY_SECONDS
 from agent.runtime.docker_runner import (
     AGENT_LABEL,
     ATTEMPT_LABEL,
@@ -37,7 +37,7 @@ from agent.runtime.docker_runner import (
     DockerRunner,
 )
 from agent.runtime.logframes import RawLine
-from agent.units import format_memory
+from agent.worker.logpump import DrainReport, LogPump, docker_since
 
 log = logging.getLogger("trainyard.agent")
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from agent.jobs import JobStatus
+from agent.core.jobs import JobStatus
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from agent.records import ActiveAttempt
+from agent.core.records import ActiveAttempt
 from agent.runtime.docker_runner import ATTEMPT_LABEL, JOB_LABEL, ContainerState
 
 Key = tuple[str, int]

@@ -6,13 +6,14 @@ import logging
 from dataclasses import dataclass
 
 from agent.config import Settings
+from agent.core.scheduling import Capacity
 from agent.db.engine import Database
 from agent.db.migrate import upgrade
 from agent.db.queue import JobQueue
-from agent.gpus import Capacity, local_capacity
 from agent.runtime.docker_runner import DockerRunner
 from agent.service import TrainyardService
-from agent.worker import Agent
+from agent.worker.agent import Agent
+from agent.worker.host import local_capacity
 
 log = logging.getLogger("trainyard")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from agent.jobs import RETRYABLE_ON_REQUEST, Outcome
-from agent.records import Job
+from agent.core.jobs import RETRYABLE_ON_REQUEST, Outcome
+from agent.core.records import Job
 
 RETRYABLE_BY_DEFAULT = frozenset({Outcome.USER_ERROR, Outcome.CUDA_OOM})
 

@@ -65,3 +65,27 @@ def assign_gpus(free_ids: Sequence[str], count: int) -> tuple[str, ...]:
     if count > len(free_ids):
         raise ValueError(f"asked for {count} GPUs, {len(free_ids)} free")
     return tuple(sorted(free_ids, key=lambda i: (len(i), i))[:count])
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Everything one agent may hand out at once."""
+
+    slots: int
+    memory_bytes: int
+    cpus: float
+    gpu_ids: tuple[str, ...]
+
+    @property
+    def whole(self) -> Free:
+        """Everything, as if nothing were held: what could ever run here."""
+        return Free(self.slots, self.memory_bytes, self.cpus, self.gpu_ids)
+
+    def remaining(self, *, count: int, memory_bytes: int, cpus: float, gpus: set[str]) -> Free:
+        """What is left once `count` attempts holding this much are taken out."""
+        return Free(
+            slots=self.slots - count,
+            memory_bytes=self.memory_bytes - memory_bytes,
+            cpus=self.cpus - cpus,
+            gpu_ids=tuple(gpu for gpu in self.gpu_ids if gpu not in gpus),
+        )

@@ -9,18 +9,18 @@ import time
 from datetime import UTC, datetime
 
 from agent.config import Settings
+from agent.core.errors import RuntimeUnavailable, TrainyardError
+from agent.core.jobs import Outcome
+from agent.core.reconcile import container_key, plan
+from agent.core.records import ActiveAttempt, AttemptResult, Claim
+from agent.core.retry import RetryPolicy
+from agent.core.scheduling import Capacity
 from agent.db.notify import CANCEL_CHANNEL, Listener
 from agent.db.queue import JobQueue
-from agent.errors import RuntimeUnavailable, TrainyardError
-from agent.execution import Adoption, AttemptExecution
-from agent.gpus import Capacity
-from agent.jobs import Outcome
-from agent.logs import JobLogWriter, job_log_path
+from agent.joblog import JobLogWriter, job_log_path
 from agent.metrics import RUNNING_ATTEMPTS
-from agent.reconcile import container_key, plan
-from agent.records import ActiveAttempt, AttemptResult, Claim
-from agent.retry import RetryPolicy
 from agent.runtime.docker_runner import AGENT_LABEL, DockerRunner
+from agent.worker.execution import Adoption, AttemptExecution
 
 log = logging.getLogger("trainyard.agent")
 

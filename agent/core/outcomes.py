@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from agent.jobs import Outcome
+from agent.core.jobs import Outcome
 
 # Exit codes a shell or runtime uses when the command itself could not run.
 COMMAND_NOT_EXECUTABLE = 126

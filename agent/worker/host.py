@@ -1,13 +1,12 @@
-"""What an agent can hand out: GPU device ids, memory and CPUs."""
+"""What this host offers: GPU device ids (nvidia-smi), memory and CPUs."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
 
-from agent.scheduling import Free
+from agent.core.scheduling import Capacity
 
 
 def detect_gpu_ids() -> tuple[str, ...]:
@@ -38,30 +37,6 @@ def configured_gpu_ids(setting: str) -> tuple[str, ...]:
 
 def host_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-@dataclass(frozen=True)
-class Capacity:
-    """Everything one agent may hand out at once."""
-
-    slots: int
-    memory_bytes: int
-    cpus: float
-    gpu_ids: tuple[str, ...]
-
-    @property
-    def whole(self) -> Free:
-        """Everything, as if nothing were held: what could ever run here."""
-        return Free(self.slots, self.memory_bytes, self.cpus, self.gpu_ids)
-
-    def remaining(self, *, count: int, memory_bytes: int, cpus: float, gpus: set[str]) -> Free:
-        """What is left once `count` attempts holding this much are taken out."""
-        return Free(
-            slots=self.slots - count,
-            memory_bytes=self.memory_bytes - memory_bytes,
-            cpus=self.cpus - cpus,
-            gpu_ids=tuple(gpu for gpu in self.gpu_ids if gpu not in gpus),
-        )
 
 
 def local_capacity(

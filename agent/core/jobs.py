@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from agent.errors import InvalidTransition
-from agent.units import parse_memory
+from agent.core.errors import InvalidTransition
+from agent.core.units import parse_memory
 
 
 class JobStatus(StrEnum):

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from agent.errors import TrainyardError
-from agent.logs import JobLogWriter, count_container_lines_since
+from agent.core.errors import TrainyardError
+from agent.joblog import JobLogWriter, count_container_lines_since
 from agent.runtime.logframes import RawLine
 
 log = logging.getLogger("trainyard.agent")

@@ -1,0 +1,1 @@
+"""The agent process: its loop, attempt execution, log pumping and periodic duties."""
