@@ -3,24 +3,36 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from agent.config import Settings
+from agent.core.admission import live_agents, resolve, unschedulable_reason
 from agent.core.errors import InvalidJobSpec, RuntimeUnavailable
 from agent.core.jobs import JobSpec, JobStatus
-from agent.core.records import AgentInfo, Event, Job, NewJob, Stats
-from agent.core.units import format_memory, parse_memory
+from agent.core.records import AgentInfo, Event, Job, Stats
 from agent.db.engine import Database
 from agent.db.queue import JobQueue
 from agent.joblog import follow_positioned, job_log_path, tail
 from agent.metrics import JOBS_REJECTED, JOBS_SUBMITTED, QUEUE_DEPTH
-from agent.runtime.docker_runner import DockerRunner
-from agent.worker.agent import Agent
 
 FOLLOW_STATUS_CHECK_SECONDS = 1.0
+
+
+class AgentHandle(Protocol):
+    """What the service needs of an agent in its own process (the worker's Agent is one):
+    a wake-up on submit, a fast cancel, and what it runs. Other agents are reached through
+    the database (LISTEN/NOTIFY and polls)."""
+
+    def wake(self) -> None: ...
+
+    def cancel(self, job_id: str, actor: str) -> bool: ...
+
+    def running_job_ids(self) -> list[str]: ...
+
+    def health(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -36,21 +48,23 @@ class TrainyardService:
         db: Database,
         queue: JobQueue,
         *,
-        runtime: DockerRunner | None = None,
-        agent: Agent | None = None,
+        engine_ping: Callable[[], str] | None = None,
+        agent: AgentHandle | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.queue = queue
-        self.runtime = runtime
+        self.engine_ping = engine_ping
         self.agent = agent
 
     # --- jobs ------------------------------------------------------------------------------
 
     def submit(self, spec: JobSpec, *, actor: str = "api") -> Job:
-        new = self.resolve(spec)
+        new = resolve(spec, self.settings)
         try:
-            self._check_fits(new)
+            reason = unschedulable_reason(new.memory_bytes, new.cpus, new.gpus, self.live_agents())
+            if reason is not None:  # no live agent could ever run it: refuse, do not queue
+                raise InvalidJobSpec(reason)
             job = self.queue.submit(new, max_queued=self.settings.max_queued, actor=actor)
         except Exception as exc:
             JOBS_REJECTED.labels(type(exc).__name__).inc()
@@ -60,47 +74,12 @@ class TrainyardService:
             self.agent.wake()
         return job
 
-    def resolve(self, spec: JobSpec) -> NewJob:
-        """Fill every default from settings."""
-        resources = spec.resources
-        image = spec.image or self.settings.default_image
-        return NewJob(
-            name=spec.name or (image.rsplit("/", 1)[-1].split("@")[0]),
-            image=image,
-            command=spec.command,
-            params=spec.params,
-            env=spec.env,
-            memory_bytes=parse_memory(resources.memory)
-            if resources.memory
-            else self.settings.default_memory_bytes,
-            cpus=resources.cpus if resources.cpus is not None else self.settings.default_cpus,
-            gpus=resources.gpus,
-            timeout_seconds=spec.timeout_seconds
-            if spec.timeout_seconds is not None
-            else self.settings.default_timeout_seconds,
-            max_retries=spec.max_retries
-            if spec.max_retries is not None
-            else self.settings.default_max_retries,
-            priority=spec.priority,
-            retry_on=[o.value for o in spec.retry_on] if spec.retry_on is not None else None,
-            non_retryable_exit_codes=sorted(set(spec.non_retryable_exit_codes)),
-        )
-
-    def _check_fits(self, new: NewJob) -> None:
-        """Refuse at once what no live agent could ever run, rather than queue it forever.
-
-        With no live agent registered (agents may join later) the job is accepted; it then
-        shows why it waits (`unschedulable_reason`)."""
-        reason = self.unschedulable_reason(new.memory_bytes, new.cpus, new.gpus)
-        if reason is not None:
-            raise InvalidJobSpec(reason)
-
     def live_agents(self) -> list[AgentInfo]:
-        limit = timedelta(seconds=max(3 * self.settings.heartbeat_seconds, 15))
-        now = datetime.now(UTC)
-        return [
-            a for a in self.queue.agents() if a.stopped_at is None and now - a.heartbeat_at <= limit
-        ]
+        return live_agents(
+            self.queue.agents(),
+            now=datetime.now(UTC),
+            heartbeat_seconds=self.settings.heartbeat_seconds,
+        )
 
     def unschedulable_reasons(self, jobs: list[Job]) -> dict[str, str]:
         """Why each queued job cannot run on any live agent (only those that cannot)."""
@@ -110,42 +89,10 @@ class TrainyardService:
         agents = self.live_agents()
         reasons = {}
         for job in queued:
-            reason = self.unschedulable_reason(job.memory_bytes, job.cpus, job.gpus, agents)
+            reason = unschedulable_reason(job.memory_bytes, job.cpus, job.gpus, agents)
             if reason is not None:
                 reasons[job.id] = reason
         return reasons
-
-    def unschedulable_reason(
-        self, memory_bytes: int, cpus: float, gpus: int, agents: list[AgentInfo] | None = None
-    ) -> str | None:
-        agents = self.live_agents() if agents is None else agents
-        if not agents:
-            return None
-        if any(_fits(a, memory_bytes, cpus, gpus) for a in agents):
-            return None
-        problems = []
-        if memory_bytes > max(a.memory_bytes for a in agents):
-            problems.append(
-                f"resources.memory {format_memory(memory_bytes)} is more than any agent offers "
-                f"(largest: {format_memory(max(a.memory_bytes for a in agents))})"
-            )
-        if cpus > max(a.cpus for a in agents):
-            problems.append(
-                f"resources.cpus {cpus:g} is more than any agent's "
-                f"(largest: {max(a.cpus for a in agents):g})"
-            )
-        if gpus > max(len(a.gpu_ids) for a in agents):
-            problems.append(
-                f"resources.gpus {gpus} is more than any agent has "
-                f"(largest: {max(len(a.gpu_ids) for a in agents)})"
-            )
-        if not problems:  # each fits some agent, but no single agent has all of it
-            offers = ", ".join(
-                f"{a.id}: {format_memory(a.memory_bytes)}, {a.cpus:g} cpus, {len(a.gpu_ids)} gpus"
-                for a in agents
-            )
-            problems.append(f"no single agent offers all of it ({offers})")
-        return "; ".join(problems)
 
     def cancel(self, job_id: str, *, actor: str = "api") -> Job:
         job = self.queue.request_cancel(job_id, actor)
@@ -228,20 +175,11 @@ class TrainyardService:
             checks["database"] = {"ok": True, "dialect": self.db.dialect}
         except Exception as exc:
             checks["database"] = {"ok": False, "error": f"database unreachable: {exc}"}
-        if self.runtime is not None:
+        if self.engine_ping is not None:
             try:
-                checks["docker"] = {"ok": True, "version": self.runtime.ping()}
+                checks["docker"] = {"ok": True, "version": self.engine_ping()}
             except RuntimeUnavailable as exc:
                 checks["docker"] = {"ok": False, "error": str(exc)}
         if self.agent is not None:
-            checks["agent"] = {
-                "ok": True,
-                "id": self.settings.agent_id,
-                "running": len(self.agent.running_job_ids()),
-                "slots": self.agent.capacity.slots,
-            }
+            checks["agent"] = self.agent.health()
         return Health(ok=all(check["ok"] for check in checks.values()), checks=checks)
-
-
-def _fits(agent: AgentInfo, memory_bytes: int, cpus: float, gpus: int) -> bool:
-    return memory_bytes <= agent.memory_bytes and cpus <= agent.cpus and gpus <= len(agent.gpu_ids)

@@ -53,7 +53,7 @@ class System:
             settings,
             db,
             queue,
-            runtime=runtime,
+            engine_ping=runtime.ping,
             agent=agent,
         )
         return cls(settings, db, queue, runtime, agent, service)

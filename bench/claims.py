@@ -59,7 +59,7 @@ from agent.core.scheduling import Capacity
 from agent.db.engine import Database
 from agent.db.migrate import upgrade
 from agent.db.queue import JobQueue
-from agent.runtime.docker_runner import AGENT_LABEL
+from agent.runtime.base import AGENT_LABEL
 from bench.throughput import (
     PG_ADMIN_URL,
     STOP,

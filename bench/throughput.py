@@ -50,7 +50,7 @@ from sqlalchemy import event
 from agent.config import Settings
 from agent.core.jobs import JobSpec, JobStatus, Resources
 from agent.core.records import Job
-from agent.runtime.docker_runner import AGENT_LABEL
+from agent.runtime.base import AGENT_LABEL
 from agent.wiring import System
 
 IMAGE = "trainyard/train:latest"

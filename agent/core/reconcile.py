@@ -15,19 +15,33 @@ The plan is pure. Containers carry labels `trainyard.job_id`, `trainyard.attempt
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
 
 from agent.core.records import ActiveAttempt
-from agent.runtime.docker_runner import ATTEMPT_LABEL, JOB_LABEL, ContainerState
+
+JOB_LABEL = "trainyard.job_id"
+ATTEMPT_LABEL = "trainyard.attempt"
+AGENT_LABEL = "trainyard.agent"
 
 Key = tuple[str, int]
 
 
+class Labelled(Protocol):
+    """All the plan needs of a container (the runtime's ContainerState is one)."""
+
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+
+
+C = TypeVar("C", bound=Labelled)
+
+
 @dataclass(frozen=True)
-class Plan:
-    adopt: list[tuple[ActiveAttempt, ContainerState]] = field(default_factory=list)
-    remove: list[ContainerState] = field(default_factory=list)
+class Plan(Generic[C]):
+    adopt: list[tuple[ActiveAttempt, C]] = field(default_factory=list)
+    remove: list[C] = field(default_factory=list)
     lost: list[ActiveAttempt] = field(default_factory=list)
     release: list[Key] = field(default_factory=list)
 
@@ -36,7 +50,7 @@ class Plan:
         return not (self.adopt or self.remove or self.lost or self.release)
 
 
-def container_key(state: ContainerState) -> Key | None:
+def container_key(state: Labelled) -> Key | None:
     job_id = state.labels.get(JOB_LABEL)
     attempt = state.labels.get(ATTEMPT_LABEL, "")
     if not job_id or not attempt.isdigit():
@@ -45,14 +59,14 @@ def container_key(state: ContainerState) -> Key | None:
 
 
 def plan(
-    containers: Iterable[ContainerState],
+    containers: Iterable[C],
     active: Iterable[ActiveAttempt],
     in_process: set[Key],
     unreleased: set[Key] | None = None,
-) -> Plan:
+) -> Plan[C]:
     """What to do, given this agent's containers, its attempts in the database, and the
     attempts threads of this process are running right now (those are left alone)."""
-    result = Plan()
+    result: Plan[C] = Plan()
     by_key = {(a.job_id, a.attempt): a for a in active}
     with_container: set[Key] = set()
     containers = list(containers)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from agent.core.jobs import JobStatus
+from agent.core.jobs import JobStatus, Outcome
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ class ActiveAttempt:
 
 @dataclass(frozen=True)
 class AttemptResult:
-    outcome: str
+    outcome: Outcome
     reason: str
     exit_code: int | None = None
     oom_killed: bool | None = None

@@ -6,7 +6,6 @@ import contextlib
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import docker
@@ -15,13 +14,9 @@ import requests.exceptions
 from docker.types import DeviceRequest, LogConfig
 
 from agent.core.errors import ContainerError, ImageNotFound, RuntimeUnavailable
+from agent.runtime.base import JOB_LABEL, ContainerSpec, ContainerState
 from agent.runtime.logframes import MAX_LINE_BYTES, Dechunker, FrameParser, RawLine
 
-JOB_LABEL = "trainyard.job_id"
-ATTEMPT_LABEL = "trainyard.attempt"
-AGENT_LABEL = "trainyard.agent"
-
-# Engine answers that mean the job can never run as written.
 _PERMANENT = (
     "executable file not found",
     "no such file or directory",
@@ -33,34 +28,6 @@ _PERMANENT = (
 )
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ContainerSpec:
-    name: str
-    image: str
-    command: list[str] | None
-    env: dict[str, str]
-    labels: dict[str, str]
-    memory_bytes: int
-    nano_cpus: int
-    pids_limit: int
-    user: str
-    gpu_ids: tuple[str, ...] = ()
-    mounts: dict[str, str] = field(default_factory=dict)  # host dir -> container dir (rw)
-    # The engine's own json-file copy of the output, capped (the agent's copy is the job log).
-    engine_log_max_bytes: int = 512 * 1024 * 1024
-    engine_log_max_files: int = 2
-
-
-@dataclass(frozen=True)
-class ContainerState:
-    id: str
-    status: str  # created | running | exited | dead | ...
-    exit_code: int
-    oom_killed: bool
-    error: str
-    labels: dict[str, str]
 
 
 def translate(exc: Exception, doing: str) -> Exception:
@@ -105,7 +72,7 @@ def _call(doing: str, fn: Callable[[], T]) -> T:
 
 
 class DockerRunner:
-    """A thin, typed face over the Docker SDK: create, start, logs, wait, stop, remove."""
+    """The `Runtime` on a real Docker engine: a thin, typed face over the Docker SDK."""
 
     def __init__(self, base_url: str | None = None, *, timeout: float = 60.0) -> None:
         self._base_url = base_url
@@ -181,7 +148,12 @@ class DockerRunner:
         _call("start container", lambda: self.client.api.start(container_id))
 
     def open_logs(
-        self, container_id: str, *, since: str | None = None, follow: bool = True
+        self,
+        container_id: str,
+        *,
+        since: str | None = None,
+        follow: bool = True,
+        tail: int | None = None,
     ) -> LogStream:
         """The container's stdout and stderr with the engine's timestamps, as line batches.
 
@@ -193,7 +165,7 @@ class DockerRunner:
             "stderr": 1,
             "timestamps": 1,
             "follow": 1 if follow else 0,
-            "tail": "all",
+            "tail": "all" if tail is None else str(tail),
         }
         if since:
             params["since"] = since

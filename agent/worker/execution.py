@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -15,34 +14,20 @@ from pathlib import Path
 from agent.config import Settings
 from agent.core.errors import ContainerError, RuntimeUnavailable, StaleState, TrainyardError
 from agent.core.jobs import JobStatus, Outcome
-from agent.core.outcomes import (
-    SIGKILL_EXIT,
-    SIGTERM_EXIT,
-    ExitReport,
-    classify,
-    has_cuda_oom,
-)
+from agent.core.outcomes import SIGKILL_EXIT, SIGTERM_EXIT, ExitReport, classify, has_cuda_oom
 from agent.core.records import AttemptResult, Claim
 from agent.core.retry import RetryPolicy
 from agent.core.units import format_memory
 from agent.db.queue import JobQueue
 from agent.joblog import JobLogWriter, job_log_path
 from agent.metrics import ATTEMPT_SECONDS, ATTEMPTS_FINISHED, START_LATENCY_SECONDS
-from agent.runtime.docker_runner import (
-    AGENT_LABEL,
-    ATTEMPT_LABEL,
-    JOB_LABEL,
-    ContainerSpec,
-    ContainerState,
-    DockerRunner,
-)
+from agent.runtime.base import ContainerState, Runtime, last_line
 from agent.runtime.logframes import RawLine
-from agent.worker.logpump import DrainReport, LogPump, docker_since
+from agent.worker.container_spec import container_spec, outputs_path
+from agent.worker.logpump import LogPump, docker_since
+from agent.worker.supervisor import StopReason, StopRequest, Supervision, Supervisor
 
 log = logging.getLogger("trainyard.agent")
-
-OUTPUTS_MOUNT = "/outputs"
-SUPERVISE_TICK = 0.25
 
 
 @dataclass(frozen=True)
@@ -54,12 +39,6 @@ class Adoption:
     started_at: datetime | None  # when the attempt started running, if it did
 
 
-@dataclass(frozen=True)
-class StopRequest:
-    reason: str  # "cancelled" | "shutdown"
-    actor: str
-
-
 class AttemptExecution:
     """One container run. `run()` never raises: every ending is recorded as an outcome."""
 
@@ -69,7 +48,7 @@ class AttemptExecution:
         *,
         settings: Settings,
         queue: JobQueue,
-        runtime: DockerRunner,
+        runtime: Runtime,
         policy: RetryPolicy,
         on_done: Callable[[AttemptExecution], None],
         adopt: Adoption | None = None,
@@ -86,14 +65,12 @@ class AttemptExecution:
         self.container_id: str | None = None
         self.result: AttemptResult | None = None
         self._cuda_oom = False
-        self._pump: LogPump | None = None
-        self._drain: DrainReport | None = None
 
     @property
     def job_id(self) -> str:
         return self.claim.job.id
 
-    def request_stop(self, reason: str, actor: str) -> None:
+    def request_stop(self, reason: StopReason, actor: str) -> None:
         if self._stop_request is None:
             self._stop_request = StopRequest(reason, actor)
         self._stop_event.set()
@@ -119,7 +96,7 @@ class AttemptExecution:
             log.warning("job %s attempt %d: %s", job.id, number, exc)
         except Exception as exc:  # the agent must outlive any one job
             log.exception("job %s attempt %d: unexpected failure", job.id, number)
-            result = AttemptResult(Outcome.INFRA_ERROR.value, f"agent failure: {exc}")
+            result = AttemptResult(Outcome.INFRA_ERROR, f"agent failure: {exc}")
         self.result = result
         try:
             if result is not None:
@@ -141,7 +118,8 @@ class AttemptExecution:
 
     def _execute(self, writer: JobLogWriter) -> tuple[JobStatus, AttemptResult]:
         number = self.claim.attempt
-        spec = self._container_spec()
+        spec = container_spec(self.claim, self.settings)
+        ensure_outputs_dir(outputs_path(self.settings, self.job_id), self.settings.container_user)
         try:
             self.container_id = self.runtime.create(spec)
             self.queue.record_container(self.claim, self.container_id)
@@ -151,10 +129,10 @@ class AttemptExecution:
         except ContainerError as exc:
             outcome = Outcome.CONFIG_ERROR if exc.permanent else Outcome.INFRA_ERROR
             writer.agent(f"could not start: {exc}", attempt=number)
-            return JobStatus.STARTING, AttemptResult(outcome.value, str(exc))
+            return JobStatus.STARTING, AttemptResult(outcome, str(exc))
         except RuntimeUnavailable as exc:
             writer.agent(f"could not start: {exc}", attempt=number)
-            return JobStatus.STARTING, AttemptResult(Outcome.INFRA_ERROR.value, str(exc))
+            return JobStatus.STARTING, AttemptResult(Outcome.INFRA_ERROR, str(exc))
         if not self.queue.mark_running(self.claim):
             raise StaleState(f"job {self.job_id} moved on while its container started")
         START_LATENCY_SECONDS.observe(max(0.0, time.time() - self.claim.job.updated_at.timestamp()))
@@ -188,7 +166,7 @@ class AttemptExecution:
                 expected = JobStatus.RUNNING
         except (ContainerError, RuntimeUnavailable) as exc:
             writer.agent(f"could not start: {exc}", attempt=number)
-            return expected, AttemptResult(Outcome.INFRA_ERROR.value, str(exc))
+            return expected, AttemptResult(Outcome.INFRA_ERROR, str(exc))
         point = writer.resume_point()
         writer.skip_through(point)  # the engine replays from `since`: no line twice
         started = self.adopt.started_at.timestamp() if self.adopt.started_at else time.time()
@@ -206,50 +184,36 @@ class AttemptExecution:
         self, container_id: str, writer: JobLogWriter, deadline: float | None, *, since: str | None
     ) -> AttemptResult:
         number = self.claim.attempt
-        memory = format_memory(self.claim.job.memory_bytes)
+        watch_started = time.time()
+        supervision = self._supervisor(container_id, writer, deadline, since).run()
         try:
-            report = self._supervise(container_id, writer, deadline, since)
+            report = self._exit_report(container_id, supervision, watch_started)
         except RuntimeUnavailable as exc:
             writer.agent(f"lost the Docker engine: {exc}", attempt=number)
-            return AttemptResult(Outcome.INFRA_ERROR.value, str(exc))
+            return AttemptResult(Outcome.INFRA_ERROR, str(exc))
         except ContainerError as exc:
             writer.agent(f"the container vanished: {exc}", attempt=number)
-            return AttemptResult(Outcome.INFRA_ERROR.value, f"the container vanished: {exc}")
+            return AttemptResult(Outcome.INFRA_ERROR, f"the container vanished: {exc}")
         if report is None:
-            request = self._stop_request
-            if request is not None and request.reason == "lease_lost":
+            if supervision.stopped_for is StopReason.LEASE_LOST:
                 raise StaleState(f"job {self.job_id}: another agent took the job over")
-            return AttemptResult(Outcome.INFRA_ERROR.value, "the agent shut down while the job ran")
-        outcome, reason = classify(report, memory_limit=memory)
+            return AttemptResult(Outcome.INFRA_ERROR, "the agent shut down while the job ran")
+        outcome, reason = classify(report, memory_limit=format_memory(self.claim.job.memory_bytes))
         if report.engine_error:
             reason = f"{reason} ({report.engine_error})"
-        if self._drain is not None and not self._drain.complete:
-            reason = f"{reason}; {self._drain.detail}"
-        return AttemptResult(outcome.value, reason, report.exit_code, report.oom_killed)
+        if not supervision.drain.complete:
+            reason = f"{reason}; {supervision.drain.detail}"
+        return AttemptResult(outcome, reason, report.exit_code, report.oom_killed)
 
     def _stopped_before_start(self) -> AttemptResult:
         request = self._stop_request
-        if request is not None and request.reason == "cancelled":
-            return AttemptResult(Outcome.CANCELLED.value, f"cancelled by {request.actor}")
-        return AttemptResult(Outcome.INFRA_ERROR.value, "the agent shut down before the start")
+        if request is not None and request.reason is StopReason.CANCELLED:
+            return AttemptResult(Outcome.CANCELLED, f"cancelled by {request.actor}")
+        return AttemptResult(Outcome.INFRA_ERROR, "the agent shut down before the start")
 
-    def _supervise(
+    def _supervisor(
         self, container_id: str, writer: JobLogWriter, deadline: float | None, since: str | None
-    ) -> ExitReport | None:
-        """Stream logs and wait; stop the container on cancel or timeout (by our own clock)."""
-        watch_started = time.time()
-        exit_code: list[int] = []
-        failure: list[Exception] = []
-        exited = threading.Event()
-
-        def wait() -> None:
-            try:
-                exit_code.append(self.runtime.wait(container_id))
-            except Exception as exc:
-                failure.append(exc)
-            finally:
-                exited.set()
-
+    ) -> Supervisor:
         pump = LogPump(
             lambda cid, since_: self.runtime.open_logs(cid, since=since_),
             container_id,
@@ -262,49 +226,34 @@ class AttemptExecution:
             read_engine_copy=lambda cid, since_: self.runtime.open_logs(
                 cid, since=since_, follow=False
             ),
+            read_engine_tail=lambda cid: last_line(self.runtime, cid),
         )
-        self._pump = pump
-        waiter = threading.Thread(target=wait, name=f"wait-{container_id[:12]}", daemon=True)
-        pump.start()
-        waiter.start()
-        timeout = self.claim.job.timeout_seconds
-        stopped_for: str | None = None
-        while not exited.wait(SUPERVISE_TICK):
-            if stopped_for is not None:
-                continue
-            request = self._stop_request
-            if request is not None:
-                stopped_for = request.reason
-                verb = {
-                    "cancelled": "cancel requested",
-                    "lease_lost": "lease lost (the job moved to another agent)",
-                }.get(request.reason, "agent stopping")
-                writer.agent(
-                    f"{verb} by {request.actor}: stopping the container "
-                    f"(SIGTERM, SIGKILL after {self.settings.stop_grace_seconds:g}s)",
-                    attempt=self.claim.attempt,
-                )
-                self._stop_container(container_id)
-            elif deadline is not None and time.monotonic() >= deadline:
-                stopped_for = "timeout"
-                writer.agent(
-                    f"timeout of {timeout}s reached: stopping the container "
-                    f"(SIGTERM, SIGKILL after {self.settings.stop_grace_seconds:g}s)",
-                    attempt=self.claim.attempt,
-                )
-                self._stop_container(container_id)
-        # The attempt is not over until the engine has delivered every line it holds.
-        self._drain = pump.finish()
-        if failure:
-            raise (
-                failure[0]
-                if isinstance(failure[0], TrainyardError)
-                else RuntimeUnavailable(f"waiting for the container failed: {failure[0]}")
-            )
-        if stopped_for in ("shutdown", "lease_lost"):
+        return Supervisor(
+            self.runtime,
+            container_id,
+            pump,
+            deadline=deadline,
+            timeout_seconds=self.claim.job.timeout_seconds,
+            grace_seconds=self.settings.stop_grace_seconds,
+            stop_request=lambda: self._stop_request,
+            note=lambda message: writer.agent(message, attempt=self.claim.attempt),
+        )
+
+    def _exit_report(
+        self, container_id: str, supervision: Supervision, watch_started: float
+    ) -> ExitReport | None:
+        """How the container ended, from the engine; None when the agent left it (shutdown,
+        lease lost)."""
+        if supervision.failure is not None:
+            failure = supervision.failure
+            if isinstance(failure, TrainyardError):
+                raise failure
+            raise RuntimeUnavailable(f"waiting for the container failed: {failure}")
+        stopped_for = supervision.stopped_for
+        if stopped_for in (StopReason.SHUTDOWN, StopReason.LEASE_LOST):
             return None
         state = self.runtime.inspect(container_id)
-        code = state.exit_code if state.exit_code >= 0 else exit_code[0]
+        code = state.exit_code if state.exit_code >= 0 else (supervision.exit_code or -1)
         oom_event = killed_from_outside = False
         if stopped_for is None and code in (SIGKILL_EXIT, SIGTERM_EXIT) and not state.oom_killed:
             # Ask the engine why it died: a cgroup OOM, or a kill the agent did not send.
@@ -323,40 +272,28 @@ class AttemptExecution:
             killed_from_outside=killed_from_outside,
             cuda_oom=self._cuda_oom,
             engine_error=state.error,
-            cancelled=stopped_for == "cancelled",
-            timed_out=stopped_for == "timeout",
+            cancelled=stopped_for is StopReason.CANCELLED,
+            timed_out=stopped_for is StopReason.TIMEOUT,
         )
 
     def _scan_lines(self, batch: list[RawLine]) -> None:
         if not self._cuda_oom and has_cuda_oom(b"\n".join(text for _, _, text in batch)):
             self._cuda_oom = True
 
-    def _stop_container(self, container_id: str) -> None:
-        # The engine keeps the SIGTERM → SIGKILL clock; this call returns once it is dead.
-        threading.Thread(
-            target=self._stop_quietly, args=(container_id,), name="stop", daemon=True
-        ).start()
-
-    def _stop_quietly(self, container_id: str) -> None:
-        try:
-            self.runtime.stop(container_id, grace_seconds=self.settings.stop_grace_seconds)
-        except TrainyardError as exc:
-            log.warning("job %s: stop failed: %s", self.job_id, exc)
-
     def _record(
         self, writer: JobLogWriter, expected: JobStatus, result: AttemptResult, seconds: float
     ) -> None:
         job, number = self.claim.job, self.claim.attempt
-        decision = self.policy.decide_for(job, Outcome(result.outcome), exit_code=result.exit_code)
+        decision = self.policy.decide_for(job, result.outcome, exit_code=result.exit_code)
         try:
             status = self.queue.finish(self.claim, expected, result, decision)
         except StaleState as exc:  # the lease moved on: the job's new owner writes its fate
             writer.agent(f"result not stored: {exc}", attempt=number)
             log.warning("job %s attempt %d: %s", job.id, number, exc)
             return
-        ATTEMPTS_FINISHED.labels(result.outcome).inc()
+        ATTEMPTS_FINISHED.labels(result.outcome.value).inc()
         ATTEMPT_SECONDS.observe(seconds)
-        summary = f"finished: {result.outcome} ({result.reason})"
+        summary = f"finished: {result.outcome.value} ({result.reason})"
         if decision is not None:
             summary += f"; retry in {decision.delay_seconds:.1f}s ({decision.reason})"
         else:
@@ -377,46 +314,12 @@ class AttemptExecution:
         writer.agent(f"container {self.container_id[:12]} removed", attempt=self.claim.attempt)
         return True
 
-    # --- the container ---------------------------------------------------------------------------
 
-    def _container_spec(self) -> ContainerSpec:
-        job, number = self.claim.job, self.claim.attempt
-        outputs = self._outputs_dir()
-        env = dict(job.env)
-        env.update(
-            TRAINYARD_JOB_ID=job.id,
-            TRAINYARD_ATTEMPT=str(number),
-            TRAINYARD_RESUME="1" if number > 1 else "0",
-            TRAINYARD_PARAMS=json.dumps(job.params),
-            TRAINYARD_OUTPUT_DIR=OUTPUTS_MOUNT,
-        )
-        return ContainerSpec(
-            name=f"trainyard-{job.id}-{number}",
-            image=job.image,
-            command=job.command,
-            env=env,
-            labels={
-                JOB_LABEL: job.id,
-                ATTEMPT_LABEL: str(number),
-                AGENT_LABEL: self.settings.agent_id,
-            },
-            memory_bytes=job.memory_bytes,
-            nano_cpus=int(job.cpus * 1e9),
-            pids_limit=self.settings.pids_limit,
-            user=self.settings.container_user,
-            gpu_ids=self.claim.gpu_ids,
-            mounts={str(outputs): OUTPUTS_MOUNT},
-            engine_log_max_bytes=self.settings.engine_log_max_bytes,
-            engine_log_max_files=self.settings.engine_log_max_files,
-        )
-
-    def _outputs_dir(self) -> Path:
-        """The job's own output directory, the same on every attempt, writable by the job."""
-        path = (self.settings.outputs_dir / self.job_id).resolve()
-        path.mkdir(parents=True, exist_ok=True)
-        uid, _, gid = self.settings.container_user.partition(":")
-        if os.geteuid() == 0 and uid.isdigit():
-            os.chown(path, int(uid), int(gid) if gid.isdigit() else int(uid))
-        else:
-            path.chmod(0o777)  # a non-root agent cannot chown; let the container user write
-        return path
+def ensure_outputs_dir(path: Path, container_user: str) -> None:
+    """Create the job's output directory, writable by the container's user."""
+    path.mkdir(parents=True, exist_ok=True)
+    uid, _, gid = container_user.partition(":")
+    if os.geteuid() == 0 and uid.isdigit():
+        os.chown(path, int(uid), int(gid) if gid.isdigit() else int(uid))
+    else:
+        path.chmod(0o777)  # a non-root agent cannot chown; let the container user write

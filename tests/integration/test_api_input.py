@@ -143,7 +143,7 @@ def test_health_is_503_when_the_database_is_down(api_only: Harness, tmp_path: Pa
 
 
 def test_health_is_503_when_the_docker_engine_is_down(api_only: Harness, tmp_path: Path) -> None:
-    api_only.system.service.runtime = DockerRunner(f"unix://{tmp_path / 'no-docker.sock'}")
+    api_only.system.service.engine_ping = DockerRunner(f"unix://{tmp_path / 'no-docker.sock'}").ping
     response = api_only.client.get("/health")
     assert response.status_code == 503
     body = response.json()

@@ -50,7 +50,9 @@ class Source:
 
     def __iter__(self) -> Iterator[list[RawLine]]:
         for i in range(0, len(self.lines), 10):
-            if self.behaviour in ("break", "stall") and i >= self.fail_at:
+            if self.behaviour in ("break", "stall", "short") and i >= self.fail_at:
+                if self.behaviour == "short":
+                    return  # ends cleanly, as if everything had been sent
                 if self.behaviour == "break":
                     raise RuntimeUnavailable("read logs: the stream broke (reset)")
                 self._closed_event.wait(30)  # a stalled engine: nothing until closed
@@ -65,7 +67,9 @@ class Source:
         self._closed_event.set()
 
 
-def run_pump(tmp_path: Path, script: Script, *, stall: float = 0.3) -> tuple[DrainReport, list]:
+def run_pump(
+    tmp_path: Path, script: Script, *, stall: float = 0.3, check_tail: bool = True
+) -> tuple[DrainReport, list]:
     path = tmp_path / "job.log"
     writer = JobLogWriter(path)
     pump = LogPump(
@@ -76,6 +80,7 @@ def run_pump(tmp_path: Path, script: Script, *, stall: float = 0.3) -> tuple[Dra
         attempt=1,
         stall_seconds=stall,
         retry_pause=0.01,
+        read_engine_tail=(lambda container_id: ALL[-1]) if check_tail else None,
     )
     pump.start()
     pump.container_exited()
@@ -136,3 +141,22 @@ def test_progress_resets_the_failure_count(tmp_path: Path) -> None:
     assert len(script.opens) == 7
     assert report.complete
     assert container_texts(parsed) == [f"line {i}" for i in range(200)]
+
+
+def test_a_stream_that_ends_early_on_its_own_is_caught_by_the_engines_last_line(
+    tmp_path: Path,
+) -> None:
+    """Docker 20.10 sometimes ends a follow stream before sending everything; the engine's
+    last line is not in the log, so the pump reopens from the resume point."""
+    script = Script(["short", "ok"])
+    report, parsed = run_pump(tmp_path, script)
+    assert report.complete
+    assert container_texts(parsed) == [f"line {i}" for i in range(200)]
+    assert len(script.opens) == 2
+
+
+def test_without_the_last_line_check_an_early_end_would_pass_silently(tmp_path: Path) -> None:
+    """The check above is what catches it: without it the same stream looks complete."""
+    report, parsed = run_pump(tmp_path, Script(["short", "ok"]), check_tail=False)
+    assert report.complete
+    assert len(container_texts(parsed)) == 100

@@ -5,7 +5,7 @@ from __future__ import annotations
 from agent.core.jobs import JobStatus
 from agent.core.reconcile import container_key, plan
 from agent.core.records import ActiveAttempt
-from agent.runtime.docker_runner import ContainerState
+from agent.runtime.base import ContainerState
 
 
 def container(job_id: str | None, attempt: str | None, status: str = "running") -> ContainerState:

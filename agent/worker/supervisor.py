@@ -1,0 +1,123 @@
+"""Watch one running container: wait for its exit while its logs are pumped, and stop it
+on a cancel, a shutdown, a lost lease or its deadline (by the agent's own clock: the
+engine's wait has no deadline). Returns what happened; deciding what it means is the
+caller's."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from agent.core.errors import TrainyardError
+from agent.runtime.base import Runtime
+from agent.worker.logpump import DrainReport, LogPump
+
+log = logging.getLogger("trainyard.agent")
+
+TICK_SECONDS = 0.25
+
+
+class StopReason(StrEnum):
+    CANCELLED = "cancelled"  # a person asked
+    SHUTDOWN = "shutdown"  # the agent is stopping (the job is requeued)
+    LEASE_LOST = "lease_lost"  # another agent owns the job now
+    TIMEOUT = "timeout"  # the job ran past its timeout
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    reason: StopReason
+    actor: str
+
+
+@dataclass(frozen=True)
+class Supervision:
+    exit_code: int | None  # what the engine's wait returned (None if waiting failed)
+    stopped_for: StopReason | None
+    failure: Exception | None  # waiting for the container failed
+    drain: DrainReport
+
+
+_ANNOUNCE = {
+    StopReason.CANCELLED: "cancel requested",
+    StopReason.LEASE_LOST: "lease lost (the job moved to another agent)",
+    StopReason.SHUTDOWN: "agent stopping",
+}
+
+
+class Supervisor:
+    def __init__(
+        self,
+        runtime: Runtime,
+        container_id: str,
+        pump: LogPump,
+        *,
+        deadline: float | None,
+        timeout_seconds: int | None,
+        grace_seconds: float,
+        stop_request: Callable[[], StopRequest | None],
+        note: Callable[[str], None],
+    ) -> None:
+        self._runtime = runtime
+        self._container_id = container_id
+        self._pump = pump
+        self._deadline = deadline
+        self._timeout_seconds = timeout_seconds
+        self._grace = grace_seconds
+        self._stop_request = stop_request
+        self._note = note
+        self._exit_code: int | None = None
+        self._failure: Exception | None = None
+        self._exited = threading.Event()
+
+    def run(self) -> Supervision:
+        waiter = threading.Thread(
+            target=self._wait, name=f"wait-{self._container_id[:12]}", daemon=True
+        )
+        self._pump.start()
+        waiter.start()
+        stopped_for: StopReason | None = None
+        while not self._exited.wait(TICK_SECONDS):
+            if stopped_for is None:
+                stopped_for = self._check_stop()
+        # The attempt is not over until the engine has delivered every line it holds.
+        drain = self._pump.finish()
+        return Supervision(self._exit_code, stopped_for, self._failure, drain)
+
+    def _check_stop(self) -> StopReason | None:
+        request = self._stop_request()
+        how = f"(SIGTERM, SIGKILL after {self._grace:g}s)"
+        if request is not None:
+            self._note(
+                f"{_ANNOUNCE[request.reason]} by {request.actor}: stopping the container {how}"
+            )
+            self._stop()
+            return request.reason
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            self._note(f"timeout of {self._timeout_seconds}s reached: stopping the container {how}")
+            self._stop()
+            return StopReason.TIMEOUT
+        return None
+
+    def _wait(self) -> None:
+        try:
+            self._exit_code = self._runtime.wait(self._container_id)
+        except Exception as exc:
+            self._failure = exc
+        finally:
+            self._pump.container_exited()
+            self._exited.set()
+
+    def _stop(self) -> None:
+        # The engine keeps the SIGTERM → SIGKILL clock; the call returns once it is dead.
+        threading.Thread(target=self._stop_quietly, name="stop", daemon=True).start()
+
+    def _stop_quietly(self) -> None:
+        try:
+            self._runtime.stop(self._container_id, grace_seconds=self._grace)
+        except TrainyardError as exc:
+            log.warning("container %s: stop failed: %s", self._container_id[:12], exc)
