@@ -10,12 +10,12 @@ from typing import Any, Protocol
 
 from agent.config import Settings
 from agent.core.admission import live_agents, resolve, unschedulable_reason
-from agent.core.errors import InvalidJobSpec, RuntimeUnavailable
+from agent.core.errors import InvalidJobSpec, InvalidRequest, RuntimeUnavailable
 from agent.core.jobs import JobSpec, JobStatus
 from agent.core.records import AgentInfo, Event, Job, Stats
 from agent.db.engine import Database
 from agent.db.queue import JobQueue
-from agent.joblog import follow_positioned, job_log_path, tail
+from agent.joblog import follow_positioned, job_log_path, parse_position, tail
 from agent.metrics import JOBS_REJECTED, JOBS_SUBMITTED, QUEUE_DEPTH
 
 FOLLOW_STATUS_CHECK_SECONDS = 1.0
@@ -136,11 +136,16 @@ class TrainyardService:
         job_id: str,
         *,
         from_lines: int,
-        after: tuple[str, int] | None = None,
+        after: str | None = None,
         heartbeat: float | None = None,
     ) -> Iterator[tuple[str, str]]:
-        """(position, line) as lines are written (see logs.follow_positioned); ends once the
-        job is final and its log drained."""
+        """(position, line) as lines are written (see joblog.follow_positioned), from just
+        after the position `after` if given; ends once the job is final and its log drained."""
+        position = parse_position(after) if after else None
+        if after and position is None:
+            raise InvalidRequest(
+                "Last-Event-ID is not a log position of this service; reconnect without it"
+            )
         self.queue.get(job_id)
         last_check = 0.0
         finished = False
@@ -158,7 +163,7 @@ class TrainyardService:
         return follow_positioned(
             job_log_path(self.settings.log_dir, job_id),
             from_lines=from_lines,
-            after=after,
+            after=position,
             stop=stop,
             heartbeat=heartbeat,
         )

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.core.jobs import JobStatus, check_params
-from agent.core.records import AgentInfo, Attempt, Event, Job, Stats
+from agent.core.records import AgentInfo, Event, Job, Stats
 from agent.core.units import format_memory
 
 
@@ -18,8 +18,21 @@ class ResourcesOut(BaseModel):
     cpus: float
     gpus: int
 
+    @classmethod
+    def of(cls, job: Job) -> ResourcesOut:
+        return cls(
+            memory=format_memory(job.memory_bytes),
+            memory_bytes=job.memory_bytes,
+            cpus=job.cpus,
+            gpus=job.gpus,
+        )
+
 
 class AttemptOut(BaseModel):
+    """An attempt record as it is (`from_attributes`): a new field is added in one place."""
+
+    model_config = ConfigDict(from_attributes=True)
+
     number: int
     agent_id: str
     container_id: str | None
@@ -32,24 +45,13 @@ class AttemptOut(BaseModel):
     outcome: str | None
     reason: str | None
 
-    @classmethod
-    def of(cls, attempt: Attempt) -> AttemptOut:
-        return cls(
-            number=attempt.number,
-            agent_id=attempt.agent_id,
-            container_id=attempt.container_id,
-            gpu_ids=attempt.gpu_ids,
-            claimed_at=attempt.claimed_at,
-            started_at=attempt.started_at,
-            finished_at=attempt.finished_at,
-            exit_code=attempt.exit_code,
-            oom_killed=attempt.oom_killed,
-            outcome=attempt.outcome,
-            reason=attempt.reason,
-        )
-
 
 class JobOut(BaseModel):
+    """A job record (`from_attributes`, unknown record fields ignored) plus what the API
+    derives: resources as people read them, when a retry may start, why it cannot run."""
+
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     status: JobStatus
     name: str
@@ -87,40 +89,14 @@ class JobOut(BaseModel):
     def of(
         cls, job: Job, *, with_attempts: bool = False, unschedulable: str | None = None
     ) -> JobOut:
-        return cls(
-            id=job.id,
-            status=job.status,
-            name=job.name,
-            image=job.image,
-            command=job.command,
-            params=job.params,
-            env=job.env,
-            resources=ResourcesOut(
-                memory=format_memory(job.memory_bytes),
-                memory_bytes=job.memory_bytes,
-                cpus=job.cpus,
-                gpus=job.gpus,
-            ),
-            timeout_seconds=job.timeout_seconds,
-            max_retries=job.max_retries,
-            priority=job.priority,
-            retry_on=job.retry_on,
-            non_retryable_exit_codes=job.non_retryable_exit_codes,
-            outcome=job.outcome,
-            exit_code=job.exit_code,
-            reason=job.reason,
-            attempt_count=job.attempt_count,
-            retries_used=job.retries_used,
-            next_attempt_at=job.not_before if job.status is JobStatus.QUEUED else None,
-            created_at=job.created_at,
-            updated_at=job.updated_at,
-            started_at=job.started_at,
-            finished_at=job.finished_at,
-            agent_id=job.agent_id,
-            cancel_requested_at=job.cancel_requested_at,
-            cancel_requested_by=job.cancel_requested_by,
-            unschedulable_reason=unschedulable,
-            attempts=[AttemptOut.of(a) for a in job.attempts] if with_attempts else None,
+        return cls.model_validate(
+            {
+                **vars(job),
+                "resources": ResourcesOut.of(job),
+                "next_attempt_at": job.not_before if job.status is JobStatus.QUEUED else None,
+                "unschedulable_reason": unschedulable,
+                "attempts": job.attempts if with_attempts else None,
+            }
         )
 
 
@@ -136,6 +112,8 @@ class JobPage(BaseModel):
 
 
 class EventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     at: datetime
     kind: str
@@ -147,7 +125,7 @@ class EventOut(BaseModel):
 
     @classmethod
     def of(cls, event: Event) -> EventOut:
-        return cls(**event.__dict__)
+        return cls.model_validate(event)
 
 
 class StatsOut(BaseModel):

@@ -5,7 +5,8 @@
 1. Capture rate. A container (no network, user 1000:1000) prints `--mb` MiB of numbered
    `--line-bytes`-byte lines as fast as `seq` can. Baseline: `docker logs -f <id> > file`.
    Trainyard: `LogPump` over `DockerRunner.open_logs` into a `JobLogWriter` rotating at 10 MiB.
-   Same `ContainerSpec` for both; the engine's json-file never rotates. Timed from the container's
+   Both containers are the agent's own (`product_container`: `container_spec` of the job), the
+   engine's json-file capped at 4 x `--mb` so it never rotates. Timed from the container's
    start until every line is in the file, ABBA order per round. Every line of every copy is checked
    to be 1..N in order (lost, duplicated, malformed); a run that lost lines is left out of the
    means. CPU: the agent's is this process's `process_time()` (only the capture runs in it), the
@@ -16,8 +17,9 @@
    1M lines, 10% JSON; `Dechunker.feed` and `FrameParser.feed` over the same lines as Docker frames
    (one HTTP chunk each, 1 MiB reads); `JobLogWriter.container_lines` with the parser's batches.
 
-Figures only, no assertions on time. Containers are labelled `trainyard.bench=logcapture`, removed
-in `finally` and swept at the start and end; the temporary directory is deleted.
+Figures only, no assertions on time. Containers are labelled
+`trainyard.agent=bench-logcapture-<run>-capture`, removed in `finally` and checked for at the end
+(bench.harness); the temporary directory is deleted.
 """
 
 from __future__ import annotations
@@ -27,27 +29,23 @@ import json
 import os
 import resource
 import shutil
-import signal
 import statistics
 import struct
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
-from agent.core.errors import RuntimeUnavailable
+from agent.config import Settings
+from agent.core.jobs import JobSpec, Resources
+from agent.core.loglines import RawLine
 from agent.joblog import JobLogWriter, rotated_files, tail
-from agent.runtime.docker_runner import ContainerSpec, DockerRunner
-from agent.runtime.logframes import Dechunker, FrameParser, RawLine
+from agent.runtime.logframes import Dechunker, FrameParser
 from agent.worker.logpump import LogPump
+from bench.harness import MIB, Bench, abba, checkpoint, product_container, ratios, say
 
-IMAGE = "trainyard/train:latest"
-LABEL_KEY, LABEL_VALUE = "trainyard.bench", "logcapture"
-MIB = 1024 * 1024
 PREFIX = 15  # "line 000000001 " before the padding
 TEXT_AT = 38  # a job log line: 30-byte timestamp, " stdout ", text
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -92,34 +90,19 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def container_spec(n: int, line_bytes: int, mib: int) -> ContainerSpec:
-    pad = "x" * (line_bytes - PREFIX - 1)
-    return ContainerSpec(
-        name=f"trainyard-bench-logcapture-{uuid.uuid4().hex[:12]}",
-        image=IMAGE,
-        command=["sh", "-c", f"seq -f 'line %09.0f {pad}' 1 {n}"],
-        env={},
-        labels={LABEL_KEY: LABEL_VALUE},
-        memory_bytes=256 * MIB,
-        nano_cpus=10**9,
+def create(bench: Bench, args: argparse.Namespace, n: int) -> str:
+    """The agent's container for a job printing n numbered lines (engine log: never rotated)."""
+    settings = Settings(
+        agent_id=bench.agent_id("capture"),
+        data_dir=bench.tmp / "data",
         pids_limit=64,
-        user="1000:1000",
-        engine_log_max_bytes=4 * mib * MIB,
+        engine_log_max_size=f"{4 * args.mb}m",
     )
-
-
-def sweep(runner: DockerRunner, tries: int = 30) -> int:
-    """Remove every container of this bench; waits up to a minute for a restarting engine."""
-    for _ in range(tries - 1):
-        try:
-            runner.ping()
-            break
-        except RuntimeUnavailable:
-            time.sleep(2)
-    found = runner.client.api.containers(all=True, filters={"label": f"{LABEL_KEY}={LABEL_VALUE}"})
-    for item in found:
-        runner.remove(item["Id"])
-    return len(found)
+    pad = "x" * (args.line_bytes - PREFIX - 1)
+    command = ["sh", "-c", f"seq -f 'line %09.0f {pad}' 1 {n}"]
+    spec = JobSpec(command=command, resources=Resources(memory="256m", cpus=1.0), max_retries=0)
+    job_id = f"{settings.agent_id}-{uuid.uuid4().hex[:8]}"
+    return bench.runner.create(product_container(settings, spec, job_id))
 
 
 def read_lines(files: Iterable[Path], text_at: int) -> Iterator[bytes]:
@@ -147,9 +130,9 @@ def check(texts: Iterable[bytes], n: int, line_bytes: int) -> tuple[int, int, in
     return lost + n + 1 - expected, dup, bad
 
 
-def baseline(runner: DockerRunner, args: argparse.Namespace, n: int, tmp: Path) -> Capture:
-    cid = runner.create(container_spec(n, args.line_bytes, args.mb))
-    out = tmp / "baseline.log"
+def baseline(bench: Bench, args: argparse.Namespace, n: int) -> Capture:
+    runner, cid = bench.runner, create(bench, args, n)
+    out = bench.tmp / "baseline.log"
     try:
         cpu0, engine0, t0 = children_cpu(), dockerd_cpu(), time.perf_counter()
         runner.start(cid)
@@ -164,9 +147,9 @@ def baseline(runner: DockerRunner, args: argparse.Namespace, n: int, tmp: Path) 
     return Capture("baseline", seconds, n * args.line_bytes / MIB, cpu, engine, lost, dup, bad)
 
 
-def trainyard(runner: DockerRunner, args: argparse.Namespace, n: int, tmp: Path) -> Capture:
-    cid = runner.create(container_spec(n, args.line_bytes, args.mb))
-    path = tmp / "job" / "job.log"
+def trainyard(bench: Bench, args: argparse.Namespace, n: int) -> Capture:
+    runner, cid = bench.runner, create(bench, args, n)
+    path = bench.tmp / "job" / "job.log"
     writer = JobLogWriter(path, max_bytes=10 * MIB, backup_count=1000)
     pump = LogPump(lambda c, s: runner.open_logs(c, since=s), cid, writer, since=None, attempt=1)
     try:
@@ -185,7 +168,7 @@ def trainyard(runner: DockerRunner, args: argparse.Namespace, n: int, tmp: Path)
         runner.remove(cid)
         writer.close()
     if not report.complete:
-        print(f"    pump reported an incomplete log: {report.detail}")
+        say(f"    pump reported an incomplete log: {report.detail}")
     lost, dup, bad = check(read_lines(rotated_files(path), TEXT_AT), n, args.line_bytes)
     shutil.rmtree(path.parent)
     return Capture("trainyard", seconds, n * args.line_bytes / MIB, cpu, engine, lost, dup, bad)
@@ -197,29 +180,27 @@ def mean_rate(runs: Iterable[Capture], kind: str) -> float:
     return statistics.mean(rates) if rates else float("nan")
 
 
-def capture_rate(runner: DockerRunner, args: argparse.Namespace, tmp: Path) -> None:
+def capture_rate(bench: Bench, args: argparse.Namespace) -> None:
     n = args.mb * MIB // args.line_bytes
-    print(
-        f"1. capture rate: {n} lines of {args.line_bytes} B ({n * args.line_bytes / MIB:.1f} MiB)"
-    )
+    say(f"1. capture rate: {n} lines of {args.line_bytes} B ({n * args.line_bytes / MIB:.1f} MiB)")
     rounds: list[list[Capture]] = []
     for number in range(1, args.rounds + 1):
         rounds.append([])
-        for run in (baseline, trainyard, trainyard, baseline):
-            got = run(runner, args, n, tmp)
+        for run in (*abba(0, baseline, trainyard), *abba(1, baseline, trainyard)):
+            checkpoint()
+            got = run(bench, args, n)
             rounds[-1].append(got)
             who = "CLI" if got.kind == "baseline" else "agent"
-            print(
+            say(
                 f"  round {number} {got.kind:9}: {got.seconds:6.2f} s {got.rate:6.1f} MiB/s  "
                 f"{who} CPU {got.cpu / got.mib:.4f} s/MiB  dockerd CPU "
                 f"{got.dockerd_cpu / got.mib:.4f} s/MiB  lost {got.lost} dup {got.dup} "
-                f"bad {got.bad}{'  INCOMPLETE: not in the means' if got.lost else ''}",
-                flush=True,
+                f"bad {got.bad}{'  INCOMPLETE: not in the means' if got.lost else ''}"
             )
     flat = [got for row in rounds for got in row]
     for kind in ("baseline", "trainyard"):
         mine = [got for got in flat if got.kind == kind]
-        print(
+        say(
             f"  {kind:9} mean {mean_rate(mine, kind):6.1f} MiB/s over "
             f"{sum(g.lost == 0 for g in mine)}/{len(mine)} complete runs; capturer CPU "
             f"{statistics.mean(g.cpu / g.mib for g in mine):.4f} s/MiB, dockerd CPU "
@@ -227,10 +208,9 @@ def capture_rate(runner: DockerRunner, args: argparse.Namespace, tmp: Path) -> N
             f"{sum(g.lost for g in mine)} lines in {sum(g.lost > 0 for g in mine)} runs, dup "
             f"{sum(g.dup for g in mine)}, bad {sum(g.bad for g in mine)}"
         )
-    ratios = [mean_rate(row, "trainyard") / mean_rate(row, "baseline") for row in rounds]
-    per_round = ", ".join(f"{r:.2f}" for r in ratios)
+    per_round = ratios(mean_rate(row, "trainyard") / mean_rate(row, "baseline") for row in rounds)
     overall = mean_rate(flat, "trainyard") / mean_rate(flat, "baseline")
-    print(f"  ratio trainyard/baseline (MiB/s, goal >= 0.9): {overall:.2f} (rounds: {per_round})")
+    say(f"  ratio trainyard/baseline (MiB/s, goal >= 0.9): {overall:.2f} (rounds: {per_round})")
 
 
 def timed(fn: Callable[..., object], *fn_args: object) -> float:
@@ -253,11 +233,11 @@ def tail_latency(tmp: Path, total: int = 1 << 30) -> None:
     files = rotated_files(path)
     size = sum(f.stat().st_size for f in files) / MIB
     built = time.perf_counter() - t0
-    print(f"2. tail: {size:.0f} MiB in {len(files)} files (written in {built:.1f} s)")
+    say(f"2. tail: {size:.0f} MiB in {len(files)} files (written in {built:.1f} s)")
     for n, calls in ((100, 50), (10_000, 20)):
         got = len(tail(path, n))  # and warms the cache
         times = [timed(tail, path, n) for _ in range(calls)]
-        print(
+        say(
             f"  tail(path, {n}): median {statistics.median(times) * 1e3:.2f} ms, "
             f"max {max(times) * 1e3:.2f} ms over {calls} calls ({got} lines)"
         )
@@ -282,11 +262,11 @@ def per_line_costs(tmp: Path, lines: int = 1_000_000) -> None:
     plain = b"Epoch 2/5: 900/1875 [=======>........] - ETA: 41s - data loader waits on worker 3"
     metric = '{{"epoch": 2, "epochs": 5, "step": {}, "loss": 0.{:02d}, "accuracy": 0.88}}'
     texts = [metric.format(i, i % 97).encode() if i % 10 == 0 else plain for i in range(lines)]
-    print(f"3. per-line costs over {lines} lines ({lines // 10} JSON objects, the rest plain)")
+    say(f"3. per-line costs over {lines} lines ({lines // 10} JSON objects, the rest plain)")
     mixed = timed(recognise, texts)
     only_json = timed(recognise, texts[::10])
     only_plain = timed(recognise, [t for t in texts if t is plain])
-    print(
+    say(
         f"  metrics recogniser: {mixed / lines * 1e6:.3f} µs/line mixed, "
         f"{only_json / (lines // 10) * 1e6:.3f} µs per JSON line, "
         f"{only_plain / (lines - lines // 10) * 1e6:.3f} µs per plain line"
@@ -310,9 +290,9 @@ def per_line_costs(tmp: Path, lines: int = 1_000_000) -> None:
     with JobLogWriter(tmp / "writer" / "job.log", max_bytes=10 * MIB, backup_count=1000) as w:
         write = timed(lambda: [w.container_lines(batch) for batch in batches])
     shutil.rmtree(tmp / "writer")
-    print(f"  Dechunker.feed: {dechunk / lines * 1e6:.3f} µs/line (1 MiB reads)")
-    print(f"  FrameParser.feed: {parse / lines * 1e6:.3f} µs/line ({parsed} lines parsed)")
-    print(
+    say(f"  Dechunker.feed: {dechunk / lines * 1e6:.3f} µs/line (1 MiB reads)")
+    say(f"  FrameParser.feed: {parse / lines * 1e6:.3f} µs/line ({parsed} lines parsed)")
+    say(
         f"  JobLogWriter.container_lines: {write / lines * 1e6:.3f} µs/line "
         f"(batches of ~{parsed // max(len(batches), 1)}, rotating at 10 MiB)"
     )
@@ -327,25 +307,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.line_bytes < PREFIX + 1 or args.mb * MIB // args.line_bytes >= 10**9:
         parser.error(f"--line-bytes must be at least {PREFIX + 1} and the lines fewer than 1e9")
 
-    def on_term(_signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
+    bench = Bench("logcapture")
 
-    signal.signal(signal.SIGTERM, on_term)
-    runner = DockerRunner()
-    tmp = Path(tempfile.mkdtemp(prefix="trainyard-bench-logcapture-"))
-    try:
-        if swept := sweep(runner):
-            print(f"removed {swept} container(s) left by an earlier run")
-        print(f"engine {runner.ping()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
-        capture_rate(runner, args, tmp)
-        tail_latency(tmp)
-        per_line_costs(tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if left := sweep(runner):
-            print(f"removed {left} leftover container(s)")
-        runner.close()
-    return 0
+    def body() -> int:
+        capture_rate(bench, args)
+        checkpoint()
+        tail_latency(bench.tmp)
+        checkpoint()
+        per_line_costs(bench.tmp)
+        return 0
+
+    return bench.run(body)
 
 
 if __name__ == "__main__":

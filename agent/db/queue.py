@@ -15,7 +15,6 @@ from agent.core.jobs import JobStatus, check_transition
 from agent.core.records import (
     ActiveAttempt,
     AgentInfo,
-    Attempt,
     AttemptResult,
     Claim,
     Event,
@@ -25,6 +24,7 @@ from agent.core.records import (
 )
 from agent.core.retry import RetryDecision
 from agent.core.scheduling import Capacity, Demand, Free, assign_gpus, pick
+from agent.db import mapping
 from agent.db.engine import Database
 from agent.db.models import AgentRow, AttemptRow, EventRow, GpuHoldRow, JobRow
 from agent.db.notify import CANCEL_CHANNEL, JOBS_CHANNEL, notify
@@ -63,20 +63,8 @@ class JobQueue:
                     "(TRAINYARD_MAX_QUEUED); try again when some have started"
                 )
             row = JobRow(
+                **mapping.new_job_values(new),
                 id=new_id(),
-                name=new.name,
-                image=new.image,
-                command=new.command,
-                params=new.params,
-                env=new.env,
-                memory_bytes=new.memory_bytes,
-                cpus=new.cpus,
-                gpus=new.gpus,
-                timeout_seconds=new.timeout_seconds,
-                max_retries=new.max_retries,
-                priority=new.priority,
-                retry_on=new.retry_on,
-                non_retryable_exit_codes=new.non_retryable_exit_codes,
                 status=JobStatus.QUEUED.value,
                 attempt_count=0,
                 retries_used=0,
@@ -88,7 +76,7 @@ class JobQueue:
             s.flush()  # the job row first: events reference it
             _event(s, row.id, now, "submitted", None, JobStatus.QUEUED, actor, "job submitted")
             notify(s, JOBS_CHANNEL, row.id)
-            return _job(row, [])
+            return mapping.job(row, [])
 
     def get(self, job_id: str) -> Job:
         with self.db.reading() as s:
@@ -98,7 +86,7 @@ class JobQueue:
             attempts = s.scalars(
                 select(AttemptRow).where(AttemptRow.job_id == job_id).order_by(AttemptRow.number)
             ).all()
-            return _job(row, attempts)
+            return mapping.job(row, attempts)
 
     def list_jobs(
         self, *, status: JobStatus | None = None, limit: int = 50, offset: int = 0
@@ -116,7 +104,7 @@ class JobQueue:
                 .limit(limit)
                 .offset(offset)
             ).all()
-            return [_job(row, []) for row in rows], total
+            return [mapping.job(row, []) for row in rows], total
 
     def events(self, job_id: str) -> list[Event]:
         with self.db.reading() as s:
@@ -125,10 +113,7 @@ class JobQueue:
             rows = s.scalars(
                 select(EventRow).where(EventRow.job_id == job_id).order_by(EventRow.id)
             ).all()
-            return [
-                Event(r.id, r.at, r.kind, r.from_status, r.to_status, r.attempt, r.actor, r.message)
-                for r in rows
-            ]
+            return [mapping.event(r) for r in rows]
 
     def stats(self) -> Stats:
         with self.db.reading() as s:
@@ -335,7 +320,7 @@ class JobQueue:
             )
             s.flush()
             s.refresh(row)
-            return Claim(_job(row, []), number, token, gpu_ids, agent_id)
+            return Claim(mapping.job(row, []), number, token, gpu_ids, agent_id)
 
     def _lock_queued(self, s: Session, job_id: str) -> JobRow | None:
         """The job's row, locked for this transaction, if it is still queued and not locked."""
@@ -513,7 +498,7 @@ class JobQueue:
                 )
                 .where(JobRow.agent_id == agent_id, JobRow.status.in_(ACTIVE))
             ).all()
-            return [_active(job, att) for job, att in rows]
+            return [mapping.active(job, att) for job, att in rows]
 
     def note(self, claim: Claim, kind: str, message: str) -> None:
         """An audit event that changes no state (e.g. an agent re-attached after a restart)."""
@@ -561,7 +546,7 @@ class JobQueue:
                 )
                 .where(JobRow.status.in_(ACTIVE), JobRow.lease_expires_at < self.clock())
             ).all()
-            return [(att.agent_id, _active(job, att)) for job, att in rows]
+            return [(att.agent_id, mapping.active(job, att)) for job, att in rows]
 
     # --- agents ------------------------------------------------------------------------------
 
@@ -615,17 +600,8 @@ class JobQueue:
             for hold in s.scalars(select(GpuHoldRow)):
                 holders.setdefault(hold.agent_id, {})[hold.gpu_id] = hold.job_id
             return [
-                AgentInfo(
-                    id=row.id,
-                    hostname=row.hostname,
-                    started_at=row.started_at,
-                    heartbeat_at=row.heartbeat_at,
-                    stopped_at=row.stopped_at,
-                    slots=row.slots,
-                    memory_bytes=row.memory_bytes,
-                    cpus=row.cpus,
-                    gpu_ids=list(row.gpu_ids or []),
-                    engine_error=row.engine_error,
+                mapping.agent(
+                    row,
                     running=held.get(row.id, (0, 0, 0.0))[0],
                     held_memory_bytes=held.get(row.id, (0, 0, 0.0))[1],
                     held_cpus=held.get(row.id, (0, 0, 0.0))[2],
@@ -693,71 +669,4 @@ def _event(
             actor=actor,
             message=message,
         )
-    )
-
-
-def _active(job: JobRow, att: AttemptRow) -> ActiveAttempt:
-    return ActiveAttempt(
-        job_id=job.id,
-        attempt=att.number,
-        lease_token=att.lease_token,
-        status=JobStatus(job.status),
-        container_id=att.container_id,
-        memory_bytes=att.memory_bytes,
-        cpus=att.cpus,
-        gpu_ids=tuple(att.gpu_ids),
-        started_at=att.started_at,
-    )
-
-
-def _attempt(row: AttemptRow) -> Attempt:
-    return Attempt(
-        number=row.number,
-        agent_id=row.agent_id,
-        container_id=row.container_id,
-        gpu_ids=list(row.gpu_ids or []),
-        memory_bytes=row.memory_bytes,
-        cpus=row.cpus,
-        claimed_at=row.claimed_at,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        exit_code=row.exit_code,
-        oom_killed=row.oom_killed,
-        outcome=row.outcome,
-        reason=row.reason,
-    )
-
-
-def _job(row: JobRow, attempts: Iterable[AttemptRow]) -> Job:
-    return Job(
-        id=row.id,
-        name=row.name,
-        image=row.image,
-        command=list(row.command) if row.command is not None else None,
-        params=dict(row.params or {}),
-        env=dict(row.env or {}),
-        memory_bytes=row.memory_bytes,
-        cpus=row.cpus,
-        gpus=row.gpus,
-        timeout_seconds=row.timeout_seconds,
-        max_retries=row.max_retries,
-        priority=row.priority,
-        status=JobStatus(row.status),
-        reason=row.reason,
-        outcome=row.outcome,
-        exit_code=row.exit_code,
-        attempt_count=row.attempt_count,
-        retries_used=row.retries_used,
-        infra_retries_used=row.infra_retries_used,
-        not_before=row.not_before,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        agent_id=row.agent_id,
-        cancel_requested_at=row.cancel_requested_at,
-        cancel_requested_by=row.cancel_requested_by,
-        retry_on=list(row.retry_on) if row.retry_on is not None else None,
-        non_retryable_exit_codes=list(row.non_retryable_exit_codes or []),
-        attempts=[_attempt(a) for a in attempts],
     )

@@ -1,10 +1,10 @@
 """Per-job log files: the line format, the rotating writer, tail and follow readers."""
 
+from agent.core.loglines import MAX_LINE_BYTES
 from agent.joblog.files import count_container_lines_since, rotated_files
 from agent.joblog.format import LogEntry, job_log_path, parse_line
 from agent.joblog.reader import follow, follow_positioned, format_position, parse_position, tail
 from agent.joblog.writer import JobLogWriter
-from agent.runtime.logframes import MAX_LINE_BYTES
 
 __all__ = [
     "MAX_LINE_BYTES",

@@ -9,13 +9,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self, cast
 
+from agent.core.loglines import MAX_LINE_BYTES, RawLine, normalize_timestamp, truncated
 from agent.joblog.files import (
     count_container_lines_at,
     drop_torn_last_line,
     scan_last_container_timestamp,
 )
 from agent.joblog.format import now_timestamp
-from agent.runtime.logframes import MAX_LINE_BYTES, RawLine, normalize_timestamp, truncated
 
 
 def _split_text(text: str) -> list[str]:

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from agent.core.loglines import RawLine
 from agent.core.reconcile import AGENT_LABEL, ATTEMPT_LABEL, JOB_LABEL
-from agent.runtime.logframes import RawLine
 
 __all__ = [
     "AGENT_LABEL",

@@ -14,8 +14,9 @@ import requests.exceptions
 from docker.types import DeviceRequest, LogConfig
 
 from agent.core.errors import ContainerError, ImageNotFound, RuntimeUnavailable
+from agent.core.loglines import MAX_LINE_BYTES, RawLine
 from agent.runtime.base import JOB_LABEL, ContainerSpec, ContainerState
-from agent.runtime.logframes import MAX_LINE_BYTES, Dechunker, FrameParser, RawLine
+from agent.runtime.logframes import Dechunker, FrameParser
 
 _PERMANENT = (
     "executable file not found",

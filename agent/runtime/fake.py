@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from agent.core.errors import ContainerError, RuntimeUnavailable
+from agent.core.loglines import RawLine
 from agent.runtime.base import JOB_LABEL, ContainerSpec, ContainerState
-from agent.runtime.logframes import RawLine
 
 SIGKILL_EXIT = 137
 SIGTERM_EXIT = 143

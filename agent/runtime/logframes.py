@@ -13,19 +13,18 @@ Docker-free on purpose: it is pure bytes in, tuples out, and is unit-tested with
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Final
 
-__all__ = ["MAX_LINE_BYTES", "Dechunker", "FrameParser", "RawLine", "normalize_timestamp"]
+from agent.core.loglines import (
+    MAX_LINE_BYTES,
+    RFC3339,
+    RawLine,
+    normalize_match,
+    truncated,
+)
 
-MAX_LINE_BYTES: Final = 64 * 1024
-"""Longest text (bytes) kept for one line; the rest is dropped and the line says how much."""
-
-RawLine = tuple[str, bytes, bytes]
-"""(stream, timestamp, text): stream is "stdout", "stderr" or "engine"; the timestamp is UTC
-RFC 3339 with nine fractional digits (30 bytes); text has no trailing newline. A plain tuple
-because millions of them pass through per minute."""
+__all__ = ["Dechunker", "FrameParser"]
 
 _STREAMS: Final = {1: "stdout", 2: "stderr", 3: "engine"}
 _HEADER: Final = 8
@@ -34,27 +33,6 @@ _TEXT_AT: Final = _TS_LEN + 1
 _SPACE: Final = 0x20
 _ZULU: Final = 0x5A
 _NEWLINE: Final = 0x0A
-_RFC3339: Final = re.compile(
-    rb"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2}) "
-)
-
-
-def normalize_timestamp(value: str) -> str | None:
-    """``value`` as UTC with nine fractional digits, or None if it is not RFC 3339."""
-    match = _RFC3339.fullmatch(value.strip().encode("ascii", "replace") + b" ")
-    if match is None:
-        return None
-    return _normalize_match(match)
-
-
-def _normalize_match(match: re.Match[bytes]) -> str | None:
-    base, fraction, zone = (part.decode() if part else "" for part in match.groups())
-    try:
-        moment = datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone))
-    except ValueError:
-        return None
-    base = moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{base}.{fraction.ljust(9, '0')}Z"
 
 
 class _Frame:
@@ -106,11 +84,6 @@ class _Partial:
             self.size += max(room, 0)
             self.dropped += len(text) - max(room, 0)
         self.dropped += dropped
-
-
-def truncated(text: bytes, dropped: int) -> bytes:
-    """``text`` with a visible note of how many bytes were cut from its end."""
-    return text + f" …[truncated {dropped} bytes]".encode() if dropped else text
 
 
 class FrameParser:
@@ -227,9 +200,9 @@ class FrameParser:
 
     def _slow_timestamp(self, payload: bytes) -> tuple[bytes, bytes]:
         """A timestamp in another RFC 3339 shape, or none: take the previous one."""
-        match = _RFC3339.match(payload)
+        match = RFC3339.match(payload)
         if match is not None:
-            normalized = _normalize_match(match)
+            normalized = normalize_match(match)
             if normalized is not None:
                 return normalized.encode(), payload[match.end() :]
         return self._last_ts or _now_timestamp(), payload

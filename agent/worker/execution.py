@@ -14,6 +14,7 @@ from pathlib import Path
 from agent.config import Settings
 from agent.core.errors import ContainerError, RuntimeUnavailable, StaleState, TrainyardError
 from agent.core.jobs import JobStatus, Outcome
+from agent.core.loglines import RawLine
 from agent.core.outcomes import SIGKILL_EXIT, SIGTERM_EXIT, ExitReport, classify, has_cuda_oom
 from agent.core.records import AttemptResult, Claim
 from agent.core.retry import RetryPolicy
@@ -22,7 +23,6 @@ from agent.db.queue import JobQueue
 from agent.joblog import JobLogWriter, job_log_path
 from agent.metrics import ATTEMPT_SECONDS, ATTEMPTS_FINISHED, START_LATENCY_SECONDS
 from agent.runtime.base import ContainerState, Runtime, last_line
-from agent.runtime.logframes import RawLine
 from agent.worker.container_spec import container_spec, outputs_path
 from agent.worker.logpump import LogPump, docker_since
 from agent.worker.supervisor import StopReason, StopRequest, Supervision, Supervisor

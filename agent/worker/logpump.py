@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from agent.core.errors import TrainyardError
+from agent.core.loglines import RawLine
 from agent.joblog import JobLogWriter, count_container_lines_since
-from agent.runtime.logframes import RawLine
 
 log = logging.getLogger("trainyard.agent")
 

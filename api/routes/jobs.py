@@ -8,9 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
-from agent.core.errors import InvalidRequest
 from agent.core.jobs import JobSpec, JobStatus
-from agent.joblog import parse_position
 from agent.service import TrainyardService
 from api.deps import ServiceDep
 from api.schemas import EventOut, JobOut, JobPage
@@ -108,13 +106,8 @@ SSE_HEARTBEAT_SECONDS = 15.0
 def _sse_logs(
     service: TrainyardService, job_id: str, tail: int, last_event_id: str | None
 ) -> StreamingResponse:
-    after = parse_position(last_event_id) if last_event_id else None
-    if last_event_id and after is None:
-        raise InvalidRequest(
-            "Last-Event-ID is not a log position of this service; reconnect without it"
-        )
     items = service.log_follow_positioned(
-        job_id, from_lines=tail, after=after, heartbeat=SSE_HEARTBEAT_SECONDS
+        job_id, from_lines=tail, after=last_event_id, heartbeat=SSE_HEARTBEAT_SECONDS
     )
 
     def events() -> Iterator[str]:

@@ -7,12 +7,8 @@ import struct
 
 import pytest
 
-from agent.runtime.logframes import (
-    MAX_LINE_BYTES,
-    Dechunker,
-    FrameParser,
-    normalize_timestamp,
-)
+from agent.core.loglines import MAX_LINE_BYTES, normalize_timestamp
+from agent.runtime.logframes import Dechunker, FrameParser
 
 TS = b"2026-11-25T10:00:00.123456789Z"
 

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from agent.core.errors import RuntimeUnavailable
+from agent.core.loglines import RawLine
 from agent.joblog import JobLogWriter, parse_line
-from agent.runtime.logframes import RawLine
 from agent.worker.logpump import DrainReport, LogPump, docker_since
 
 
