@@ -14,12 +14,12 @@
    of statement, commit, and the rest (Python: ORM, row loading).
 2. latency: three real agents (`python run.py agent`, one process each, same poll interval), a
    PostgreSQL queue, the real engine. Single jobs (`true`) are submitted one at a time from this
-   process, which is not an agent: nothing wakes the agents, they find the job by polling. Each
-   submit waits a random fraction of the poll interval first, so it lands at a random phase of
-   the agents' polling. submit→claim and submit→running, p50/p95, per poll interval.
+   process, which is not an agent: LISTEN/NOTIFY wakes the agents, or their poll finds the job.
+   Each submit waits a random fraction of the poll interval first, so it lands at a random phase
+   of the agents' polling. submit→claim and submit→running, p50/p95, per poll interval.
 
-Every database, directory and container the bench makes is removed at the end; a container left
-behind by an agent is reported as a leak.
+Every database, directory and container the bench makes is removed at the end (bench.harness);
+a container left behind by an agent is reported as a leak.
 """
 
 from __future__ import annotations
@@ -28,52 +28,46 @@ import argparse
 import multiprocessing
 import multiprocessing.synchronize
 import os
-import platform
 import random
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from queue import Empty
 from typing import Any, Literal
 
-import docker
-import docker.errors
-import psycopg
 from sqlalchemy import event, text
 
+from agent.config import DEFAULT_TRAIN_IMAGE
 from agent.core.records import Job, NewJob
 from agent.core.scheduling import Capacity
 from agent.db.engine import Database
 from agent.db.migrate import upgrade
 from agent.db.queue import JobQueue
-from agent.runtime.base import AGENT_LABEL
-from bench.throughput import (
-    PG_ADMIN_URL,
+from bench.harness import (
     STOP,
-    Interrupted,
+    Bench,
+    attempt_latencies,
     checkpoint,
-    install_signal_handlers,
+    leak_check,
     ms,
     p50_p95,
-    postgres_database,
     say,
+    wait_final,
+    wait_for,
 )
 
 RUN_PY = Path(__file__).resolve().parent.parent / "run.py"
-IMAGE = "trainyard/train:latest"
 HUGE = Capacity(slots=10**6, memory_bytes=2**50, cpus=1e6, gpu_ids=())
 NOTHING_FITS = Capacity(slots=1, memory_bytes=0, cpus=0.0, gpu_ids=())  # warm-up: claims nothing
 LEASE_SECONDS = 60.0
@@ -91,37 +85,38 @@ LATENCY_CPUS = 0.25
 TABLES = ("events", "gpu_holds", "attempts", "jobs", "agents")
 
 Mode = Literal["threads", "processes"]
+Shape = tuple[int, Mode, str]  # agents, how they run, label
+SHAPES: list[Shape] = [
+    (1, "threads", "1 thread"),
+    (4, "threads", "4 threads"),
+    (4, "processes", "4 processes"),
+]
 
 
-def claim_job() -> NewJob:
-    return NewJob(
-        name="b",
-        image="img",
-        command=None,
-        params={},
-        env={},
-        memory_bytes=2**20,
-        cpus=0.01,
-        gpus=0,
-        timeout_seconds=None,
-        max_retries=0,
-        priority=0,
-    )
+CLAIM_JOB = NewJob(
+    name="b",
+    image="img",
+    command=None,
+    params={},
+    env={},
+    memory_bytes=2**20,
+    cpus=0.01,
+    gpus=0,
+    timeout_seconds=None,
+    max_retries=0,
+    priority=0,
+)
 
 
 def latency_job(index: int) -> NewJob:
-    return NewJob(
+    return replace(
+        CLAIM_JOB,
         name=f"bench-claims-latency-{index}",
-        image=IMAGE,
+        image=DEFAULT_TRAIN_IMAGE,
         command=["true"],
-        params={},
-        env={},
         memory_bytes=LATENCY_MEMORY_BYTES,
         cpus=LATENCY_CPUS,
-        gpus=0,
         timeout_seconds=120,
-        max_retries=0,
-        priority=0,
     )
 
 
@@ -164,7 +159,6 @@ class ClaimProbe:
 
     def __init__(self, db: Database) -> None:
         self.seconds: defaultdict[str, float] = defaultdict(float)
-        self.statements = 0
         self._what = "other"
         self._first: float | None = None
         self._stmt_start = 0.0
@@ -183,7 +177,6 @@ class ClaimProbe:
         self.seconds[f"{self._what}.{segment_of(statement)}"] += (
             time.perf_counter() - self._stmt_start
         )
-        self.statements += 1
 
     def _on_commit(self, _conn: Any) -> None:
         self._commit = time.perf_counter()
@@ -217,7 +210,6 @@ class WorkerResult:
     last: float = 0.0  # after the last successful claim (and release)
     errors: Counter[str] = field(default_factory=Counter)
     seconds: dict[str, float] = field(default_factory=dict)  # ClaimProbe segments
-    statements: int = 0
     failed: str | None = None  # the worker could not run at all
 
 
@@ -255,10 +247,20 @@ def claim_loop(
             result.claims += 1
             result.last = time.monotonic()
         result.seconds = dict(probe.seconds)
-        result.statements = probe.statements
     finally:
         db.dispose()
     return result
+
+
+def guarded_claim_loop(
+    url: str, agent_id: str, release: bool, barrier: Any, stopped: Callable[[], bool]
+) -> WorkerResult:
+    """`claim_loop` behind a start barrier; a worker that fails breaks the barrier for all."""
+    try:
+        return claim_loop(url, agent_id, release, lambda: barrier.wait(BARRIER_SECONDS), stopped)
+    except BaseException:
+        barrier.abort()
+        return WorkerResult(agent_id, failed=traceback.format_exc(limit=5))
 
 
 def _process_main(
@@ -270,14 +272,7 @@ def _process_main(
     results: multiprocessing.Queue[WorkerResult],
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    try:
-        result = claim_loop(
-            url, agent_id, release, lambda: barrier.wait(BARRIER_SECONDS), stop.is_set
-        )
-    except BaseException:
-        barrier.abort()
-        result = WorkerResult(agent_id, failed=traceback.format_exc(limit=5))
-    results.put(result)
+    results.put(guarded_claim_loop(url, agent_id, release, barrier, stop.is_set))
 
 
 def run_threads(url: str, agents: list[str], release: bool) -> list[WorkerResult]:
@@ -285,13 +280,7 @@ def run_threads(url: str, agents: list[str], release: bool) -> list[WorkerResult
     results: dict[str, WorkerResult] = {}
 
     def work(agent_id: str) -> None:
-        try:
-            results[agent_id] = claim_loop(
-                url, agent_id, release, lambda: barrier.wait(BARRIER_SECONDS), STOP.is_set
-            )
-        except BaseException:
-            barrier.abort()
-            results[agent_id] = WorkerResult(agent_id, failed=traceback.format_exc(limit=5))
+        results[agent_id] = guarded_claim_loop(url, agent_id, release, barrier, STOP.is_set)
 
     threads = [threading.Thread(target=work, args=(a,), name=f"claims-{a}") for a in agents]
     for thread in threads:
@@ -420,10 +409,7 @@ class ClaimRun:
 
     @property
     def errors(self) -> Counter[str]:
-        total: Counter[str] = Counter()
-        for worker in self.workers:
-            total.update(worker.errors)
-        return total
+        return sum((w.errors for w in self.workers), Counter())
 
     def breakdown(self, what: str) -> dict[str, float]:
         """Mean milliseconds per `what` call ("claim" or "release"), by segment, and "total"."""
@@ -456,18 +442,19 @@ def submit_jobs(queue: JobQueue, count: int) -> float:
     for i in range(count):
         if i % 100 == 0:
             checkpoint()
-        queue.submit(claim_job(), max_queued=count + 10, actor="bench")
+        queue.submit(CLAIM_JOB, max_queued=count + 10, actor="bench")
     return time.perf_counter() - started
 
 
 def measure_claims(
-    db_name: str, url: str, jobs: int, agents: int, mode: Mode, release: bool, tag: str
+    db_name: str, url: str, jobs: int, shape: Shape, release: bool, prefix: str
 ) -> ClaimRun:
+    agents, mode, label = shape
     admin = Database(url)
     try:
         reset_database(admin)
         submit_seconds = submit_jobs(JobQueue(admin), jobs)
-        ids = [f"bench-claims-{tag}-{i}" for i in range(agents)]
+        ids = [f"{prefix}-{i}" for i in range(agents)]
         runner = run_threads if mode == "threads" else run_processes
         workers = runner(url, ids, release)
         checkpoint()  # an interrupted run is not a measurement
@@ -479,9 +466,6 @@ def measure_claims(
         check = check_once(admin)
     finally:
         admin.dispose()
-    noun = "thread" if mode == "threads" else "process"
-    plural = "es" if noun == "process" else "s"
-    label = f"{agents} {noun}{plural if agents > 1 else ''}"
     return ClaimRun(db_name, label, release, jobs, submit_seconds, seconds, workers, check)
 
 
@@ -505,27 +489,18 @@ def describe_claims(run: ClaimRun) -> None:
         say(f"      ERROR x{count}: {message}")
 
 
-def claims_phase(args: argparse.Namespace, tmp: Path, tag: str, results: list[ClaimRun]) -> None:
-    shapes: list[tuple[int, Mode]] = [(1, "threads"), (4, "threads"), (4, "processes")]
+def claims_phase(args: argparse.Namespace, bench: Bench, results: list[ClaimRun]) -> None:
     for db_name in args.dbs:
-        with database(db_name, tmp, f"trainyard_bench_claims_{os.getpid()}") as url:
+        with bench.database(db_name) as url:
             upgrade(url)
-            for agents, mode in shapes:
+            for shape in SHAPES:
                 for release in (False, True):
                     checkpoint()
-                    run = measure_claims(db_name, url, args.jobs, agents, mode, release, tag)
+                    run = measure_claims(
+                        db_name, url, args.jobs, shape, release, bench.agent_id("claims")
+                    )
                     results.append(run)
                     describe_claims(run)
-
-
-@contextmanager
-def database(db_name: str, tmp: Path, pg_name: str) -> Iterator[str]:
-    if db_name == "sqlite":
-        path = tmp / f"{pg_name}.db"
-        yield f"sqlite:///{path}"
-    else:
-        with postgres_database(pg_name) as url:
-            yield url
 
 
 # --- 2. submit → running latency with three agent processes -------------------------------------
@@ -535,36 +510,19 @@ def database(db_name: str, tmp: Path, pg_name: str) -> Iterator[str]:
 class LatencyRun:
     poll_interval: float
     jobs: list[Job]
-    leaked: list[str]
+    leaked: int
     agent_exit_codes: list[int | None]
     stop_seconds: float  # SIGTERM → all three agents exited
     problems: list[str]  # warnings and errors in the agents' logs
 
-    def claim(self) -> list[float]:
-        return [(j.attempts[0].claimed_at - j.created_at).total_seconds() for j in self._ran()]
-
-    def running(self) -> list[float]:
-        return [
-            (started - j.created_at).total_seconds()
-            for j in self._ran()
-            if (started := j.attempts[0].started_at) is not None
-        ]
-
-    def claim_to_running(self) -> list[float]:
-        return [
-            (started - j.attempts[0].claimed_at).total_seconds()
-            for j in self._ran()
-            if (started := j.attempts[0].started_at) is not None
-        ]
+    def __post_init__(self) -> None:
+        self.claim, self.running, self.claim_to_running = attempt_latencies(self.jobs)
 
     def by_agent(self) -> Counter[str]:
-        return Counter(j.attempts[0].agent_id.rsplit("-", 1)[-1] for j in self._ran())
+        return Counter(j.attempts[0].agent_id.rsplit("-", 1)[-1] for j in self.jobs if j.attempts)
 
     def outcomes(self) -> Counter[str]:
         return Counter(j.status.value for j in self.jobs)
-
-    def _ran(self) -> list[Job]:
-        return [j for j in self.jobs if j.attempts]
 
 
 class AgentFleet:
@@ -572,7 +530,6 @@ class AgentFleet:
 
     def __init__(self, url: str, prefix: str, tmp: Path, poll_interval: float) -> None:
         self.ids = [f"{prefix}-{i}" for i in range(1, AGENT_COUNT + 1)]
-        self.tmp = tmp
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
         base = {k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")}
@@ -604,9 +561,7 @@ class AgentFleet:
                 )
 
     def wait_registered(self, queue: JobQueue) -> None:
-        deadline = time.monotonic() + AGENT_READY_SECONDS
-        while True:
-            checkpoint()
+        def ready() -> bool:
             for proc, log_path in zip(self.procs, self.logs, strict=True):
                 if proc.poll() is not None:
                     raise RuntimeError(
@@ -618,11 +573,9 @@ class AgentFleet:
                 for a in queue.agents()
                 if a.stopped_at is None and (now - a.heartbeat_at).total_seconds() < 10
             }
-            if fresh >= set(self.ids):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"agents not registered after {AGENT_READY_SECONDS:.0f}s")
-            time.sleep(0.1)
+            return fresh >= set(self.ids)
+
+        wait_for(ready, seconds=AGENT_READY_SECONDS, interval=0.1, what="agents not registered")
 
     def stop(self) -> list[int | None]:
         """SIGTERM all, wait; their exit codes (None: killed after AGENT_STOP_SECONDS)."""
@@ -659,49 +612,14 @@ class AgentFleet:
         return "(no log)"
 
 
-def agent_containers(client: docker.DockerClient, prefix: str) -> list[tuple[str, str]]:
-    """(id, agent) of every container, any state, whose trainyard.agent label has this prefix."""
-    found = client.api.containers(all=True, filters={"label": AGENT_LABEL})
-    return [
-        (str(item["Id"]), str(item["Labels"][AGENT_LABEL]))
-        for item in found
-        if str((item.get("Labels") or {}).get(AGENT_LABEL, "")).startswith(f"{prefix}-")
-    ]
-
-
-def remove_leaks(client: docker.DockerClient, prefix: str) -> list[str]:
-    leaked = agent_containers(client, prefix)
-    for container_id, agent_id in leaked:
-        say(f"  LEAK: container {container_id[:12]} of {agent_id} left behind (removing it)")
-        with suppress(docker.errors.NotFound):
-            client.api.remove_container(container_id, force=True, v=True)
-    return [container_id for container_id, _ in leaked]
-
-
-def wait_final(queue: JobQueue, job_id: str) -> Job:
-    deadline = time.monotonic() + JOB_FINAL_SECONDS
-    while not (job := queue.get(job_id)).status.is_final:
-        checkpoint()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"job {job_id} not final after {JOB_FINAL_SECONDS:.0f}s")
-        time.sleep(BENCH_POLL_SECONDS)
-    return job
-
-
 def measure_latency(
-    client: docker.DockerClient,
-    tmp: Path,
-    prefix: str,
-    poll_interval: float,
-    count: int,
-    rng: random.Random,
+    bench: Bench, poll_interval: float, count: int, rng: random.Random
 ) -> LatencyRun:
-    name = f"trainyard_bench_claims_{os.getpid()}"
-    home = tmp / f"latency-{poll_interval:g}"
-    with postgres_database(name) as url:
+    home = bench.tmp / f"latency-{poll_interval:g}"
+    with bench.database("postgres") as url:
         upgrade(url)  # before the agents: three of them migrating one empty database would race
         db = Database(url)
-        fleet = AgentFleet(url, prefix, home, poll_interval)
+        fleet = AgentFleet(url, bench.agent_id("latency"), home, poll_interval)
         jobs: list[Job] = []
         codes: list[int | None] = []
         try:
@@ -712,14 +630,18 @@ def measure_latency(
                 time.sleep(rng.uniform(0.0, poll_interval))
                 checkpoint()
                 job = queue.submit(latency_job(i), max_queued=count + 10, actor="bench")
-                jobs.append(wait_final(queue, job.id))
+                jobs.append(
+                    wait_final(
+                        queue.get, job.id, seconds=JOB_FINAL_SECONDS, interval=BENCH_POLL_SECONDS
+                    )
+                )
         finally:
             stopping = time.monotonic()
             codes = fleet.stop()
             stop_seconds = time.monotonic() - stopping
             problems = fleet.problems()
             db.dispose()
-            leaked = remove_leaks(client, prefix)
+            leaked = leak_check(bench.runner, bench.prefix)
             shutil.rmtree(home, ignore_errors=True)
     return LatencyRun(poll_interval, jobs, leaked, codes, stop_seconds, problems)
 
@@ -730,58 +652,28 @@ def describe_latency(run: LatencyRun) -> None:
         f"claimed by agent {dict(sorted(run.by_agent().items()))}"
     )
     say(
-        f"    submit→claim {p50_p95(run.claim())} ms | submit→running {p50_p95(run.running())} ms"
-        f" | claim→running {p50_p95(run.claim_to_running())} ms"
-        f" | max submit→claim {ms(max(run.claim(), default=0.0))} ms"
+        f"    submit→claim {p50_p95(run.claim)} ms | submit→running {p50_p95(run.running)} ms"
+        f" | claim→running {p50_p95(run.claim_to_running)} ms"
+        f" | max submit→claim {ms(max(run.claim, default=0.0))} ms"
     )
     say(
         f"    SIGTERM → agents exited in {run.stop_seconds:.1f} s with {run.agent_exit_codes}; "
-        f"leaked containers {len(run.leaked)}; warnings/errors in agent logs {len(run.problems)}"
+        f"leaked containers {run.leaked}; warnings/errors in agent logs {len(run.problems)}"
     )
     for line in run.problems[:10]:
         say(f"      {line}")
 
 
-# --- host facts and the summary ------------------------------------------------------------------
+# --- the summary ----------------------------------------------------------------------------------
 
 
-def host_facts(client: docker.DockerClient | None) -> dict[str, str]:
-    facts = {
-        "cores": str(os.cpu_count()),
-        "python": platform.python_version(),
-        "load": "/".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
-    try:
-        with psycopg.connect(PG_ADMIN_URL) as conn:
-            row = conn.execute("SHOW server_version").fetchone()
-            facts["postgresql"] = str(row[0]) if row else "?"
-            row = conn.execute("SHOW synchronous_commit").fetchone()
-            facts["pg synchronous_commit"] = str(row[0]) if row else "?"
-    except psycopg.Error as exc:
-        facts["postgresql"] = f"unreachable ({exc})"
-    if client is not None:
-        version = client.version()
-        facts["docker"] = f"{version.get('Version')} (API {version.get('ApiVersion')})"
-    return facts
-
-
-def _rate(run: ClaimRun) -> float:
-    return run.rate
-
-
-def _claim_ms(run: ClaimRun) -> float:
-    return run.breakdown("claim")["total"]
-
-
-def _cell(
-    runs: dict[bool, ClaimRun],
-    release: bool,
-    value: Callable[[ClaimRun], float],
-    width: int,
-    digits: int = 0,
-) -> str:
-    run = runs.get(release)
-    return f"{value(run):>{width},.{digits}f}" if run else f"{'-':>{width}}"
+def _cell(run: ClaimRun | None, width: int, *, claim_ms: bool = False) -> str:
+    """Claims per second, or mean ms per claim call, of one run for the summary table."""
+    if run is None:
+        return f"{'-':>{width}}"
+    if claim_ms:
+        return f"{run.breakdown('claim')['total']:>{width},.1f}"
+    return f"{run.rate:>{width},.0f}"
 
 
 def summary(
@@ -803,15 +695,14 @@ def summary(
         keys = list(dict.fromkeys((r.db, r.label) for r in claims))
         for db_name, label in keys:
             runs = {r.release: r for r in claims if (r.db, r.label) == (db_name, label)}
-
+            held, released = runs.get(False), runs.get(True)
             dups = sum(r.check.duplicates for r in runs.values())
             ok = all(r.check.ok for r in runs.values()) and not any(r.errors for r in runs.values())
             ahead = max(r.check.max_jump for r in runs.values())
             submit = statistics.fmean(r.jobs / r.submit_seconds for r in runs.values())
             say(
-                f"   {db_name:8} {label:12} {_cell(runs, False, _rate, 7)} "
-                f"{_cell(runs, True, _rate, 10)} {_cell(runs, False, _claim_ms, 8, 1)} "
-                f"{_cell(runs, True, _claim_ms, 8, 1)} {ahead:>6} "
+                f"   {db_name:8} {label:12} {_cell(held, 7)} {_cell(released, 10)} "
+                f"{_cell(held, 8, claim_ms=True)} {_cell(released, 8, claim_ms=True)} {ahead:>6} "
                 f"{submit:>8,.0f} {dups:>10}  {'ok' if ok else 'FAILED'}"
             )
         say(
@@ -825,11 +716,11 @@ def summary(
         )
         for run in latency:
             say(
-                f"   poll {run.poll_interval:>4g} s: submit→claim {p50_p95(run.claim())} ms, "
-                f"submit→running {p50_p95(run.running())} ms, "
-                f"claim→running {p50_p95(run.claim_to_running())} ms (n={len(run.claim())}); "
+                f"   poll {run.poll_interval:>4g} s: submit→claim {p50_p95(run.claim)} ms, "
+                f"submit→running {p50_p95(run.running)} ms, "
+                f"claim→running {p50_p95(run.claim_to_running)} ms (n={len(run.claim)}); "
                 f"outcomes {dict(run.outcomes())}; stop {run.stop_seconds:.1f} s; "
-                f"leaks {len(run.leaked)}; log warnings {len(run.problems)}"
+                f"leaks {run.leaked}; log warnings {len(run.problems)}"
             )
 
 
@@ -866,45 +757,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    install_signal_handlers()
-    tag = uuid.uuid4().hex[:8]
-    prefix = f"bench-claims-{tag}"
-    tmp = Path(tempfile.mkdtemp(prefix="trainyard-bench-claims-", dir="/tmp"))
-    client = None if args.skip_docker else docker.from_env(version="auto")
-    facts = host_facts(client)
-    say("bench.claims: " + ", ".join(f"{k} {v}" for k, v in facts.items()) + f"; tmp {tmp}")
+    bench = Bench("claims", engine=not args.skip_docker)
+    return bench.run(lambda: run(args, bench))
+
+
+def run(args: argparse.Namespace, bench: Bench) -> int:
     claims: list[ClaimRun] = []
     latency: list[LatencyRun] = []
-    status = 0
-    started = time.monotonic()
     try:
         if not args.skip_claims:
             say(f"[1] claim throughput: {args.jobs} jobs per run, db {'+'.join(args.dbs)}")
-            claims_phase(args, tmp, tag, claims)
-        if client is not None:
+            claims_phase(args, bench, claims)
+        if bench.engine:
             rng = random.Random()
             for poll in args.polls:
                 say(
                     f"[2] latency: {AGENT_COUNT} agents (`run.py agent`, poll {poll:g} s), "
                     f"{args.latency_jobs} jobs one at a time"
                 )
-                latency.append(measure_latency(client, tmp, prefix, poll, args.latency_jobs, rng))
+                latency.append(measure_latency(bench, poll, args.latency_jobs, rng))
                 describe_latency(latency[-1])
-    except (Interrupted, KeyboardInterrupt):
-        say("interrupted")
-        status = 130
     finally:
-        if client is not None:
-            left = remove_leaks(client, prefix)
-            if left:
-                status = status or 1
-            client.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-    if any(not r.check.ok or r.errors for r in claims) or any(r.leaked for r in latency):
-        status = status or 1
-    summary(args, facts, claims, latency)
-    say(f"wall time {time.monotonic() - started:.0f} s; exit status {status}")
-    return status
+        summary(args, bench.facts, claims, latency)
+    failed = any(not r.check.ok or r.errors for r in claims) or any(r.leaked for r in latency)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -230,34 +230,8 @@ class JobQueue:
             free = self._free(s, agent_id, capacity)
             if free.slots <= 0:
                 return None
-            # Light columns, no lock: deciding must not block (or be skipped by) other agents.
-            candidates = [
-                Demand(
-                    job_id,
-                    memory,
-                    cpus,
-                    gpus,
-                    waiting_since=(not_before or created_at).timestamp(),
-                )
-                for job_id, memory, cpus, gpus, created_at, not_before in s.execute(
-                    select(
-                        JobRow.id,
-                        JobRow.memory_bytes,
-                        JobRow.cpus,
-                        JobRow.gpus,
-                        JobRow.created_at,
-                        JobRow.not_before,
-                    )
-                    .where(
-                        JobRow.status == JobStatus.QUEUED.value,
-                        or_(JobRow.not_before.is_(None), JobRow.not_before <= now),
-                    )
-                    .order_by(JobRow.priority.desc(), JobRow.created_at, JobRow.id)
-                    .limit(CLAIM_BATCH)
-                )
-            ]
-            row = None
-            while row is None:
+            candidates = self._candidates(s, now)
+            while True:
                 chosen = pick(
                     candidates,
                     free,
@@ -268,59 +242,96 @@ class JobQueue:
                 if chosen is None:
                     return None
                 row = self._lock_queued(s, chosen.job_id)
-                if row is None:  # another agent is taking it right now
-                    candidates = [c for c in candidates if c.job_id != chosen.job_id]
-            token = new_id()
-            number = row.attempt_count + 1
-            gpu_ids = assign_gpus(free.gpu_ids, row.gpus)
-            self._cas(
-                s,
-                row.id,
-                JobStatus.QUEUED,
-                JobStatus.STARTING,
+                if row is not None:
+                    break
+                # Another agent is taking it right now: choose again without it.
+                candidates = [c for c in candidates if c.job_id != chosen.job_id]
+            return self._take(
+                s, row, agent_id, assign_gpus(free.gpu_ids, row.gpus), now, lease_seconds
+            )
+
+    def _candidates(self, s: Session, now: datetime) -> list[Demand]:
+        """Queued jobs due now, in claim order: light columns, no lock (deciding must not
+        block, or be skipped by, other agents)."""
+        query = (
+            select(
+                JobRow.id,
+                JobRow.memory_bytes,
+                JobRow.cpus,
+                JobRow.gpus,
+                JobRow.created_at,
+                JobRow.not_before,
+            )
+            .where(
+                JobRow.status == JobStatus.QUEUED.value,
+                or_(JobRow.not_before.is_(None), JobRow.not_before <= now),
+            )
+            .order_by(JobRow.priority.desc(), JobRow.created_at, JobRow.id)
+            .limit(CLAIM_BATCH)
+        )
+        return [
+            Demand(job_id, memory, cpus, gpus, waiting_since=(not_before or created).timestamp())
+            for job_id, memory, cpus, gpus, created, not_before in s.execute(query)
+        ]
+
+    def _take(
+        self,
+        s: Session,
+        row: JobRow,
+        agent_id: str,
+        gpu_ids: tuple[str, ...],
+        now: datetime,
+        lease_seconds: float,
+    ) -> Claim:
+        """Claim a locked queued row: its new attempt, its lease and its GPUs in the ledger
+        (whose primary key refuses any device already held)."""
+        token = new_id()
+        number = row.attempt_count + 1
+        self._cas(
+            s,
+            row.id,
+            JobStatus.QUEUED,
+            JobStatus.STARTING,
+            agent_id=agent_id,
+            lease_token=token,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            attempt_count=number,
+            not_before=None,
+        )
+        s.add(
+            AttemptRow(
+                job_id=row.id,
+                number=number,
                 agent_id=agent_id,
                 lease_token=token,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-                attempt_count=number,
-                not_before=None,
+                gpu_ids=list(gpu_ids),
+                memory_bytes=row.memory_bytes,
+                cpus=row.cpus,
+                claimed_at=now,
             )
+        )
+        for gpu in gpu_ids:
             s.add(
-                AttemptRow(
-                    job_id=row.id,
-                    number=number,
-                    agent_id=agent_id,
-                    lease_token=token,
-                    gpu_ids=list(gpu_ids),
-                    memory_bytes=row.memory_bytes,
-                    cpus=row.cpus,
-                    claimed_at=now,
+                GpuHoldRow(
+                    agent_id=agent_id, gpu_id=gpu, job_id=row.id, attempt=number, acquired_at=now
                 )
             )
-            for gpu in gpu_ids:
-                s.add(
-                    GpuHoldRow(
-                        agent_id=agent_id,
-                        gpu_id=gpu,
-                        job_id=row.id,
-                        attempt=number,
-                        acquired_at=now,
-                    )
-                )
-            _event(
-                s,
-                row.id,
-                now,
-                "claimed",
-                JobStatus.QUEUED,
-                JobStatus.STARTING,
-                agent_id,
-                f"attempt {number} claimed by agent {agent_id}"
-                + (f" with GPUs {','.join(gpu_ids)}" if gpu_ids else ""),
-                attempt=number,
-            )
-            s.flush()
-            s.refresh(row)
-            return Claim(mapping.job(row, []), number, token, gpu_ids, agent_id)
+        with_gpus = f" with GPUs {','.join(gpu_ids)}" if gpu_ids else ""
+        message = f"attempt {number} claimed by agent {agent_id}{with_gpus}"
+        _event(
+            s,
+            row.id,
+            now,
+            "claimed",
+            JobStatus.QUEUED,
+            JobStatus.STARTING,
+            agent_id,
+            message,
+            attempt=number,
+        )
+        s.flush()
+        s.refresh(row)
+        return Claim(mapping.job(row, []), number, token, gpu_ids, agent_id)
 
     def _lock_queued(self, s: Session, job_id: str) -> JobRow | None:
         """The job's row, locked for this transaction, if it is still queued and not locked."""
