@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -451,11 +452,24 @@ class JobQueue:
     ) -> JobStatus:
         """Store an attempt's result and move the job on: final state, or back to the queue."""
         now = self.clock()
+        with self.db.reading() as s:
+            cancelled_by = s.scalar(
+                select(JobRow.cancel_requested_by).where(
+                    JobRow.id == claim.job.id, JobRow.cancel_requested_at.is_not(None)
+                )
+            )
+        retry_cancelled = retry is not None and cancelled_by is not None
+        if retry_cancelled:
+            # A cancel asked for while the attempt ran: it is not retried, whatever it was.
+            retry = None
+            result = replace(
+                result, reason=f"{result.reason}; not retried: cancelled by {cancelled_by}"
+            )
         if result.outcome == "succeeded":
             target = JobStatus.SUCCEEDED
         elif retry is not None:
             target = JobStatus.QUEUED
-        elif result.outcome == "cancelled":
+        elif result.outcome == "cancelled" or retry_cancelled:
             target = JobStatus.CANCELLED
         else:
             target = JobStatus.FAILED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -215,7 +216,10 @@ class DockerRunner:
         try:
             _call(
                 "stop container",
-                lambda: self.client.api.stop(container_id, timeout=max(0, round(grace_seconds))),
+                # Whole seconds on the wire: round up, so a grace period is never cut short.
+                lambda: self.client.api.stop(
+                    container_id, timeout=max(0, math.ceil(grace_seconds))
+                ),
             )
         except ContainerError as exc:
             if "no such container" not in str(exc).lower():

@@ -62,7 +62,9 @@ class Agent:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._reconcile_lock = threading.Lock()  # two passes at once could adopt a container twice
-        self._running: dict[str, tuple[AttemptExecution, threading.Thread]] = {}
+        # Keyed by (job, attempt): a job's next attempt may start while a previous one (its
+        # lease lost) is still stopping.
+        self._running: dict[tuple[str, int], tuple[AttemptExecution, threading.Thread]] = {}
         self._thread: threading.Thread | None = None
         self._cancel_hint = threading.Event()  # a NOTIFY said a cancel was asked for
         self._listener: Listener | None = None
@@ -119,15 +121,14 @@ class Agent:
     def cancel(self, job_id: str, actor: str) -> bool:
         """Fast path for a job running in this process; the DB poll covers every other case."""
         with self._lock:
-            entry = self._running.get(job_id)
-        if entry is None:
-            return False
-        entry[0].request_stop(StopReason.CANCELLED, actor)
-        return True
+            mine = [ex for (job, _), (ex, _) in self._running.items() if job == job_id]
+        for execution in mine:
+            execution.request_stop(StopReason.CANCELLED, actor)
+        return bool(mine)
 
     def running_job_ids(self) -> list[str]:
         with self._lock:
-            return list(self._running)
+            return list(dict.fromkeys(job_id for job_id, _ in self._running))
 
     def health(self) -> dict[str, Any]:
         return {
@@ -137,9 +138,9 @@ class Agent:
             "slots": self.capacity.slots,
         }
 
-    def _executions(self) -> dict[str, AttemptExecution]:
+    def _executions(self) -> list[AttemptExecution]:
         with self._lock:
-            return {job_id: entry[0] for job_id, entry in self._running.items()}
+            return [execution for execution, _ in self._running.values()]
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -166,7 +167,9 @@ class Agent:
                     self._duty("claim", self._fill)
             timeout = min(CANCEL_POLL_SECONDS, max(0.0, next_poll - time.monotonic()))
             due = self._seconds_until_due()
-            if due is not None and due < timeout:
+            # A retry that is already due but was not claimable here (no room, does not fit)
+            # waits for the next poll or wake-up, not for a tight loop of claims.
+            if due is not None and 0 < due < timeout:
                 timeout, next_poll = due, time.monotonic() + due
             woken = self._wake.wait(timeout)
             self._wake.clear()
@@ -183,7 +186,7 @@ class Agent:
 
     def _heartbeat(self) -> None:
         self.queue.heartbeat(self.settings.agent_id, engine_error=self.engine.error)
-        self.janitor.sweep((ex.job_id, ex.claim.attempt) for ex in self._executions().values())
+        self.janitor.sweep((ex.job_id, ex.claim.attempt) for ex in self._executions())
 
     def _seconds_until_due(self) -> float | None:
         try:
@@ -223,13 +226,13 @@ class Agent:
             target=execution.run, name=f"job-{claim.job.id[:8]}-{claim.attempt}", daemon=True
         )
         with self._lock:
-            self._running[claim.job.id] = (execution, thread)
+            self._running[(claim.job.id, claim.attempt)] = (execution, thread)
             RUNNING_ATTEMPTS.set(len(self._running))
         thread.start()
 
     def _finished(self, execution: AttemptExecution) -> None:
         with self._lock:
-            self._running.pop(execution.job_id, None)
+            self._running.pop((execution.job_id, execution.claim.attempt), None)
             RUNNING_ATTEMPTS.set(len(self._running))
         result = execution.result
         if self.engine.error is None and (result is None or result.outcome is Outcome.INFRA_ERROR):
@@ -255,7 +258,7 @@ class Agent:
         active = self.queue.active_attempts(agent_id)
         unreleased = self.queue.unreleased(agent_id)
         # Read last: a claim made meanwhile is registered here before its container exists.
-        in_process = {(ex.job_id, ex.claim.attempt) for ex in self._executions().values()}
+        in_process = {(ex.job_id, ex.claim.attempt) for ex in self._executions()}
         todo = plan(containers, active, in_process, unreleased)
         for state in todo.remove:
             if self.runtime.remove(state.id):

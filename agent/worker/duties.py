@@ -91,17 +91,19 @@ class LeaseKeeper:
         self._settings = settings
         self._queue = queue
 
-    def tick(self, running: dict[str, AttemptExecution]) -> None:
+    def tick(self, running: list[AttemptExecution]) -> None:
         if not running:
             return
-        for job_id, actor in self._queue.cancel_requested(running).items():
-            running[job_id].request_stop(StopReason.CANCELLED, actor)
+        cancels = self._queue.cancel_requested({ex.job_id for ex in running})
+        for execution in running:
+            if execution.job_id in cancels:
+                execution.request_stop(StopReason.CANCELLED, cancels[execution.job_id])
         renewed = self._queue.renew_leases(
             self._settings.agent_id,
-            [ex.claim.lease_token for ex in running.values()],
+            [ex.claim.lease_token for ex in running],
             lease_seconds=self._settings.lease_seconds,
         )
-        for execution in running.values():
+        for execution in running:
             if execution.claim.lease_token not in renewed and execution.result is None:
                 execution.request_stop(StopReason.LEASE_LOST, f"agent {self._settings.agent_id}")
 

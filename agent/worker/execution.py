@@ -98,11 +98,14 @@ class AttemptExecution:
             log.exception("job %s attempt %d: unexpected failure", job.id, number)
             result = AttemptResult(Outcome.INFRA_ERROR, f"agent failure: {exc}")
         self.result = result
+        stored = True
         try:
             if result is not None:
-                self._record(writer, expected, result, time.monotonic() - started)
+                stored = self._record(writer, expected, result, time.monotonic() - started)
         finally:
-            gone = self._remove_container(writer)
+            # A result the database did not take stays with its container: reconcile
+            # collects the real exit later instead of calling the attempt lost.
+            gone = self._remove_container(writer) if stored else False
             if gone:
                 self._release()
             writer.close()
@@ -253,7 +256,8 @@ class AttemptExecution:
         if stopped_for in (StopReason.SHUTDOWN, StopReason.LEASE_LOST):
             return None
         state = self.runtime.inspect(container_id)
-        code = state.exit_code if state.exit_code >= 0 else (supervision.exit_code or -1)
+        waited = supervision.exit_code if supervision.exit_code is not None else -1
+        code = state.exit_code if state.exit_code >= 0 else waited
         oom_event = killed_from_outside = False
         if stopped_for is None and code in (SIGKILL_EXIT, SIGTERM_EXIT) and not state.oom_killed:
             # Ask the engine why it died: a cgroup OOM, or a kill the agent did not send.
@@ -282,7 +286,8 @@ class AttemptExecution:
 
     def _record(
         self, writer: JobLogWriter, expected: JobStatus, result: AttemptResult, seconds: float
-    ) -> None:
+    ) -> bool:
+        """Store the result; False when the database could not take it (try again later)."""
         job, number = self.claim.job, self.claim.attempt
         decision = self.policy.decide_for(job, result.outcome, exit_code=result.exit_code)
         try:
@@ -290,7 +295,11 @@ class AttemptExecution:
         except StaleState as exc:  # the lease moved on: the job's new owner writes its fate
             writer.agent(f"result not stored: {exc}", attempt=number)
             log.warning("job %s attempt %d: %s", job.id, number, exc)
-            return
+            return True
+        except TrainyardError as exc:  # e.g. the database is down: reconcile collects it later
+            writer.agent(f"result not stored yet, the container is kept: {exc}", attempt=number)
+            log.error("job %s attempt %d: result not stored: %s", job.id, number, exc)
+            return False
         ATTEMPTS_FINISHED.labels(result.outcome.value).inc()
         ATTEMPT_SECONDS.observe(seconds)
         summary = f"finished: {result.outcome.value} ({result.reason})"
@@ -300,6 +309,7 @@ class AttemptExecution:
             summary += f"; job {status.value}"
         writer.agent(summary, attempt=number)
         log.info("job %s attempt %d: %s", job.id, number, summary)
+        return True
 
     def _remove_container(self, writer: JobLogWriter) -> bool:
         """True once the container is confirmed gone (or never existed)."""

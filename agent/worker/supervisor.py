@@ -19,6 +19,7 @@ from agent.worker.logpump import DrainReport, LogPump
 log = logging.getLogger("trainyard.agent")
 
 TICK_SECONDS = 0.25
+STOP_RETRY_SECONDS = 1.0
 
 
 class StopReason(StrEnum):
@@ -73,6 +74,8 @@ class Supervisor:
         self._exit_code: int | None = None
         self._failure: Exception | None = None
         self._exited = threading.Event()
+        self._stop_failed = threading.Event()
+        self._retry_stop_at = 0.0
 
     def run(self) -> Supervision:
         waiter = threading.Thread(
@@ -84,6 +87,9 @@ class Supervisor:
         while not self._exited.wait(TICK_SECONDS):
             if stopped_for is None:
                 stopped_for = self._check_stop()
+            elif self._stop_failed.is_set() and time.monotonic() >= self._retry_stop_at:
+                self._note("the engine did not stop the container; asking again")
+                self._stop()
         # The attempt is not over until the engine has delivered every line it holds.
         drain = self._pump.finish()
         return Supervision(self._exit_code, stopped_for, self._failure, drain)
@@ -114,6 +120,7 @@ class Supervisor:
 
     def _stop(self) -> None:
         # The engine keeps the SIGTERM → SIGKILL clock; the call returns once it is dead.
+        self._stop_failed.clear()
         threading.Thread(target=self._stop_quietly, name="stop", daemon=True).start()
 
     def _stop_quietly(self) -> None:
@@ -121,3 +128,5 @@ class Supervisor:
             self._runtime.stop(self._container_id, grace_seconds=self._grace)
         except TrainyardError as exc:
             log.warning("container %s: stop failed: %s", self._container_id[:12], exc)
+            self._retry_stop_at = time.monotonic() + STOP_RETRY_SECONDS
+            self._stop_failed.set()

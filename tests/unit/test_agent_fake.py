@@ -403,14 +403,6 @@ class GatedStopRuntime(FakeRuntime):
         super().stop(container_id, grace_seconds=grace_seconds)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG agent.Agent._running is keyed by job id: when the agent claims the next "
-    "attempt of a job whose previous attempt (lease lost) is still stopping, the new entry "
-    "overwrites the old, and the old attempt's _finished() pops the new one; the running "
-    "attempt is then untracked (no lease renewal, no cancel, not stopped by Agent.stop(), "
-    "adopted a second time by reconcile)",
-)
 def test_two_attempts_of_one_job_in_one_agent_are_both_tracked(env: Env) -> None:
     runtime = env.runtime = GatedStopRuntime(lambda spec: FOREVER)
     try:
@@ -548,13 +540,6 @@ def test_reconcile_removes_unknown_containers_of_this_agent_only(env: Env) -> No
 # --- the loop's pace -------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG agent._loop: once a delayed retry is due (queue.next_due() in the past) but "
-    "cannot be claimed here (slots full, or it does not fit this agent), _seconds_until_due() "
-    "returns 0 every pass, so the loop waits 0 s and calls claim() (a write transaction) in a "
-    "busy loop until the job starts elsewhere or a slot frees",
-)
 def test_a_due_retry_that_cannot_start_does_not_make_the_loop_spin(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
