@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.core.jobs import JobStatus, check_params
-from agent.core.records import AgentInfo, Event, Job, Stats
+from agent.core.records import AgentInfo, Attempt, Job, Stats
 from agent.core.units import format_memory
 
 
@@ -26,24 +26,6 @@ class ResourcesOut(BaseModel):
             cpus=job.cpus,
             gpus=job.gpus,
         )
-
-
-class AttemptOut(BaseModel):
-    """An attempt record as it is (`from_attributes`): a new field is added in one place."""
-
-    model_config = ConfigDict(from_attributes=True)
-
-    number: int
-    agent_id: str
-    container_id: str | None
-    gpu_ids: list[str]
-    claimed_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    exit_code: int | None
-    oom_killed: bool | None
-    outcome: str | None
-    reason: str | None
 
 
 class JobOut(BaseModel):
@@ -81,7 +63,7 @@ class JobOut(BaseModel):
     unschedulable_reason: str | None = Field(
         default=None, description="Why no live agent can run this queued job, if none can."
     )
-    attempts: list[AttemptOut] | None = Field(
+    attempts: list[Attempt] | None = Field(
         default=None, description="Every container run (only on GET /jobs/{id})."
     )
 
@@ -109,23 +91,6 @@ class JobPage(BaseModel):
     total: int
     limit: int
     offset: int
-
-
-class EventOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: int
-    at: datetime
-    kind: str
-    from_status: str | None
-    to_status: str | None
-    attempt: int | None
-    actor: str
-    message: str
-
-    @classmethod
-    def of(cls, event: Event) -> EventOut:
-        return cls.model_validate(event)
 
 
 class StatsOut(BaseModel):

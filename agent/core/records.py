@@ -9,7 +9,7 @@ from typing import Any
 from agent.core.jobs import JobStatus, Outcome
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class NewJob:
     """A spec with every default resolved, ready to store."""
 
@@ -45,20 +45,11 @@ class Attempt:
     reason: str | None
 
 
-@dataclass(frozen=True)
-class Job:
+@dataclass(frozen=True, kw_only=True)
+class Job(NewJob):
+    """A stored job: its resolved spec plus where it stands."""
+
     id: str
-    name: str
-    image: str
-    command: list[str] | None
-    params: dict[str, Any]
-    env: dict[str, str]
-    memory_bytes: int
-    cpus: float
-    gpus: int
-    timeout_seconds: int | None
-    max_retries: int
-    priority: int
     status: JobStatus
     reason: str | None
     outcome: str | None
@@ -74,8 +65,6 @@ class Job:
     agent_id: str | None
     cancel_requested_at: datetime | None
     cancel_requested_by: str | None
-    retry_on: list[str] | None = None
-    non_retryable_exit_codes: list[int] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
 
 

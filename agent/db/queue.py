@@ -452,27 +452,13 @@ class JobQueue:
     ) -> JobStatus:
         """Store an attempt's result and move the job on: final state, or back to the queue."""
         now = self.clock()
-        with self.db.reading() as s:
-            cancelled_by = s.scalar(
-                select(JobRow.cancel_requested_by).where(
-                    JobRow.id == claim.job.id, JobRow.cancel_requested_at.is_not(None)
-                )
-            )
-        retry_cancelled = retry is not None and cancelled_by is not None
-        if retry_cancelled:
+        cancelled_by = self._cancel_requested_by(claim.job.id) if retry is not None else None
+        if cancelled_by is not None:
             # A cancel asked for while the attempt ran: it is not retried, whatever it was.
             retry = None
-            result = replace(
-                result, reason=f"{result.reason}; not retried: cancelled by {cancelled_by}"
-            )
-        if result.outcome == "succeeded":
-            target = JobStatus.SUCCEEDED
-        elif retry is not None:
-            target = JobStatus.QUEUED
-        elif result.outcome == "cancelled" or retry_cancelled:
-            target = JobStatus.CANCELLED
-        else:
-            target = JobStatus.FAILED
+            reason = f"{result.reason}; not retried: cancelled by {cancelled_by}"
+            result = replace(result, reason=reason)
+        target = _after(result, retry, cancelled=cancelled_by is not None)
         values: dict[str, Any] = {
             "outcome": result.outcome,
             "exit_code": result.exit_code,
@@ -511,6 +497,14 @@ class JobQueue:
             kind = "retry_scheduled" if retry is not None else "finished"
             _event(s, claim.job.id, now, kind, expected, target, agent_id, message, claim.attempt)
         return target
+
+    def _cancel_requested_by(self, job_id: str) -> str | None:
+        with self.db.reading() as s:
+            return s.scalar(
+                select(JobRow.cancel_requested_by).where(
+                    JobRow.id == job_id, JobRow.cancel_requested_at.is_not(None)
+                )
+            )
 
     def active_attempts(self, agent_id: str) -> list[ActiveAttempt]:
         """Attempts this agent holds according to the database."""
@@ -666,6 +660,17 @@ class JobQueue:
                 f"not moving it to {target.value}"
             )
         return False
+
+
+def _after(result: AttemptResult, retry: RetryDecision | None, *, cancelled: bool) -> JobStatus:
+    """Where a job goes once an attempt has ended."""
+    if result.outcome == "succeeded":
+        return JobStatus.SUCCEEDED
+    if retry is not None:
+        return JobStatus.QUEUED
+    if result.outcome == "cancelled" or cancelled:
+        return JobStatus.CANCELLED
+    return JobStatus.FAILED
 
 
 def _rowcount(result: Any) -> int:

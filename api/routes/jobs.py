@@ -9,9 +9,10 @@ from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from agent.core.jobs import JobSpec, JobStatus
+from agent.core.records import Event
 from agent.service import TrainyardService
 from api.deps import ServiceDep
-from api.schemas import EventOut, JobOut, JobPage
+from api.schemas import JobOut, JobPage
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -53,10 +54,10 @@ def cancel_job(job_id: JobId, service: ServiceDep) -> JobOut:
     return JobOut.of(service.cancel(job_id, actor="api"), with_attempts=True)
 
 
-@router.get("/{job_id}/events", response_model=list[EventOut])
-def job_events(job_id: JobId, service: ServiceDep) -> list[EventOut]:
+@router.get("/{job_id}/events", response_model=list[Event])
+def job_events(job_id: JobId, service: ServiceDep) -> list[Event]:
     """The job's audit trail: every state change, who made it and why."""
-    return [EventOut.of(e) for e in service.events(job_id)]
+    return service.events(job_id)  # the records are the response (no second field list)
 
 
 @router.get(

@@ -14,7 +14,19 @@ from agent.db.queue import JobQueue
 
 
 def _new_job() -> NewJob:
-    return NewJob("j", "img", None, {}, {}, 2**27, 1.0, 0, None, 0, 0)
+    return NewJob(
+        name="j",
+        image="img",
+        command=None,
+        params={},
+        env={},
+        memory_bytes=2**27,
+        cpus=1.0,
+        gpus=0,
+        timeout_seconds=None,
+        max_retries=0,
+        priority=0,
+    )
 
 
 def test_reads_proceed_while_a_writer_holds_the_lock(tmp_path: Path) -> None:

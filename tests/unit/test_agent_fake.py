@@ -13,7 +13,7 @@ import pytest
 
 from agent.config import Settings
 from agent.core.jobs import JobStatus
-from agent.core.records import Claim, Job, NewJob
+from agent.core.records import Claim, Job
 from agent.core.retry import RetryPolicy
 from agent.core.scheduling import Capacity
 from agent.db.engine import Database
@@ -27,6 +27,7 @@ from agent.worker import agent as agent_module
 from agent.worker.agent import Agent
 from agent.worker.container_spec import container_spec
 from agent.worker.duties import record_lost
+from tests.unit.jobs_for_tests import new_job
 
 GRACE = 0.5
 SLOTS = 2
@@ -59,21 +60,7 @@ class Env:
         return agent
 
     def submit(self, **overrides: Any) -> Job:
-        values: dict[str, Any] = {
-            "name": "t",
-            "image": "trainyard/train:latest",
-            "command": None,
-            "params": {},
-            "env": {},
-            "memory_bytes": 256 * 2**20,
-            "cpus": 0.5,
-            "gpus": 0,
-            "timeout_seconds": None,
-            "max_retries": 0,
-            "priority": 0,
-        }
-        values.update(overrides)
-        job = self.queue.submit(NewJob(**values), max_queued=100)
+        job = self.queue.submit(new_job(**overrides), max_queued=100)
         for agent in self.agents:
             agent.wake()  # as the service does on submit
         return job

@@ -15,7 +15,7 @@ import pytest
 from agent.config import Settings
 from agent.core.errors import ContainerError, DatabaseUnavailable
 from agent.core.jobs import JobStatus
-from agent.core.records import Claim, Job, NewJob
+from agent.core.records import Claim, Job
 from agent.core.retry import RetryPolicy
 from agent.core.scheduling import Capacity
 from agent.db.engine import Database
@@ -26,6 +26,7 @@ from agent.runtime.base import ContainerSpec, ContainerState
 from agent.runtime.fake import Behaviour, FakeRuntime
 from agent.worker.execution import AttemptExecution
 from agent.worker.supervisor import StopReason
+from tests.unit.jobs_for_tests import new_job
 
 GRACE = 0.5
 DEADLINE = 15.0
@@ -42,21 +43,7 @@ class Env:
         return self.settings.agent_id
 
     def submit(self, **overrides: Any) -> Job:
-        values: dict[str, Any] = {
-            "name": "t",
-            "image": "trainyard/train:latest",
-            "command": None,
-            "params": {},
-            "env": {},
-            "memory_bytes": 256 * 2**20,
-            "cpus": 0.5,
-            "gpus": 0,
-            "timeout_seconds": None,
-            "max_retries": 0,
-            "priority": 0,
-        }
-        values.update(overrides)
-        return self.queue.submit(NewJob(**values), max_queued=100)
+        return self.queue.submit(new_job(**overrides), max_queued=100)
 
     def claim(self) -> Claim:
         capacity = Capacity(slots=4, memory_bytes=64 * 2**30, cpus=64.0, gpu_ids=())
