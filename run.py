@@ -4,6 +4,10 @@ python run.py            API on TRAINYARD_HOST:TRAINYARD_PORT with an embedded a
 python run.py api        API only (agents run elsewhere against the same database)
 python run.py agent      agent only
 python run.py migrate    apply database migrations and exit
+
+Stopping: SIGTERM or SIGINT stops the agent's containers and requeues their jobs, unless
+TRAINYARD_DETACH_ON_STOP=true; SIGUSR1 always stops in detach mode (for upgrades): running
+containers are left alone and the next agent with the same TRAINYARD_AGENT_ID re-attaches them.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import uvicorn
 from agent.config import Settings
 from agent.core.errors import TrainyardError
 from agent.db.migrate import upgrade
-from agent.wiring import System
+from agent.wiring import DETACH_REQUESTED, System
 from api.app import create_app
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -48,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_api(settings: Settings) -> int:
+    def detach(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger("trainyard").info("signal %d: stopping in detach mode", signum)
+        DETACH_REQUESTED.set()
+        signal.raise_signal(signal.SIGTERM)  # uvicorn's own graceful shutdown
+
+    signal.signal(signal.SIGUSR1, detach)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -63,11 +73,13 @@ def run_agent(settings: Settings) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGUSR1:
+            DETACH_REQUESTED.set()
         logging.getLogger("trainyard").info("signal %d: stopping the agent", signum)
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(signum, on_signal)
     system.start()
     stop.wait()
     system.close(timeout=settings.stop_grace_seconds + 10)

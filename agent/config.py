@@ -78,6 +78,16 @@ class Settings(BaseSettings):
         "poll covers SQLite agents in other processes and missed notifications.",
     )
     stop_grace_seconds: float = Field(default=30.0, ge=0)
+    detach_on_stop: bool = Field(
+        default=False,
+        description="On SIGTERM, leave running containers alone (an upgrade): the next agent "
+        "with this id re-attaches them. SIGUSR1 always detaches.",
+    )
+    detach_lease_seconds: float = Field(
+        default=900.0,
+        ge=10,
+        description="How long a detached agent's leases stay valid for its successor.",
+    )
     container_user: str = "1000:1000"
     pids_limit: int = Field(default=4096, ge=16)
     docker_timeout: float = Field(default=60.0, gt=0)

@@ -187,4 +187,8 @@ class TrainyardService:
                 checks["docker"] = {"ok": False, "error": str(exc)}
         if self.agent is not None:
             checks["agent"] = self.agent.health()
+        elif checks["database"]["ok"]:
+            # An API-only process: agents (and their engines) are elsewhere; say how many live.
+            live = self.live_agents()
+            checks["agents"] = {"ok": True, "live": len(live), "ids": [a.id for a in live]}
         return Health(ok=all(check["ok"] for check in checks.values()), checks=checks)

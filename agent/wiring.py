@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 from agent.config import Settings
@@ -10,12 +11,15 @@ from agent.core.scheduling import Capacity
 from agent.db.engine import Database
 from agent.db.migrate import upgrade
 from agent.db.queue import JobQueue
-from agent.runtime.docker_runner import DockerRunner
+from agent.runtime.base import Runtime
 from agent.service import TrainyardService
 from agent.worker.agent import Agent
 from agent.worker.host import local_capacity
 
 log = logging.getLogger("trainyard")
+
+DETACH_REQUESTED = threading.Event()
+"""Set by a signal (run.py: SIGUSR1): the next stop of this process detaches."""
 
 
 @dataclass
@@ -23,7 +27,7 @@ class System:
     settings: Settings
     db: Database
     queue: JobQueue
-    runtime: DockerRunner | None
+    runtime: Runtime | None
     agent: Agent | None
     service: TrainyardService
 
@@ -40,9 +44,13 @@ class System:
             upgrade(settings.resolved_database_url)
         db = Database(settings.resolved_database_url)
         queue = JobQueue(db)
-        runtime = DockerRunner(timeout=settings.docker_timeout)
+        runtime: Runtime | None = None
         agent = None
         if with_agent:
+            # Only a process with an agent builds a Docker client: the API needs no engine.
+            from agent.runtime.docker_runner import DockerRunner  # noqa: PLC0415
+
+            runtime = DockerRunner(timeout=settings.docker_timeout)
             capacity = capacity or local_capacity(
                 slots=settings.max_concurrent_jobs,
                 gpus_setting=settings.gpus,
@@ -53,7 +61,7 @@ class System:
             settings,
             db,
             queue,
-            engine_ping=runtime.ping,
+            engine_ping=runtime.ping if runtime is not None else None,
             agent=agent,
         )
         return cls(settings, db, queue, runtime, agent, service)
@@ -63,9 +71,13 @@ class System:
         if self.agent is not None:
             self.agent.start()
 
-    def close(self, *, timeout: float | None = None) -> None:
+    def close(self, *, timeout: float | None = None, detach: bool | None = None) -> None:
+        """Stop. An agent in detach mode (TRAINYARD_DETACH_ON_STOP, or SIGUSR1 to run.py)
+        leaves its running containers alone for the next agent with its id."""
         if self.agent is not None:
-            self.agent.stop(timeout=timeout)
+            if detach is None:
+                detach = self.settings.detach_on_stop or DETACH_REQUESTED.is_set()
+            self.agent.stop(timeout=timeout, detach=detach)
         elif self.runtime is not None:
             self.runtime.close()
         self.db.dispose()

@@ -152,6 +152,9 @@ class AgentOut(BaseModel):
     heartbeat_at: datetime
     stopped_at: datetime | None
     engine_error: str | None
+    engine: dict[str, Any] = Field(
+        description="The agent's own Docker engine: reachable, version, last error"
+    )
     slots: int
     running: int
     memory: dict[str, Any] = Field(description="total / held / free, in bytes and as text")
@@ -169,6 +172,11 @@ class AgentOut(BaseModel):
             heartbeat_at=agent.heartbeat_at,
             stopped_at=agent.stopped_at,
             engine_error=agent.engine_error,
+            engine={
+                "reachable": agent.engine_error is None,
+                "version": agent.engine_version,
+                "error": agent.engine_error,
+            },
             slots=agent.slots,
             running=agent.running,
             memory={

@@ -139,3 +139,5 @@ class AgentInfo:
     held_memory_bytes: int
     held_cpus: float
     gpu_holders: dict[str, str]  # gpu id -> job id
+    engine_version: str | None = None
+    endpoint: str | None = None

@@ -152,6 +152,9 @@ class AgentRow(Base):
     cpus: Mapped[float] = mapped_column(Float)
     gpu_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
     engine_error: Mapped[str | None] = mapped_column(Text, default=None)
+    engine_version: Mapped[str | None] = mapped_column(String(64), default=None)
+    # Where the agent serves its jobs' logs and outputs to the API (None: it does not).
+    endpoint: Mapped[str | None] = mapped_column(String(255), default=None)
     stopped_at: Mapped[datetime | None] = mapped_column(default=None)
 
 

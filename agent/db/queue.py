@@ -586,13 +586,18 @@ class JobQueue:
             row.gpu_ids = list(capacity.gpu_ids)
             row.engine_error = None
 
-    def heartbeat(self, agent_id: str, *, engine_error: str | None) -> None:
+    def heartbeat(
+        self, agent_id: str, *, engine_error: str | None, engine_version: str | None = None
+    ) -> None:
+        values: dict[str, Any] = {
+            "heartbeat_at": self.clock(),
+            "engine_error": engine_error,
+            "stopped_at": None,
+        }
+        if engine_version is not None:
+            values["engine_version"] = engine_version
         with self.db.transaction() as s:
-            s.execute(
-                update(AgentRow)
-                .where(AgentRow.id == agent_id)
-                .values(heartbeat_at=self.clock(), engine_error=engine_error, stopped_at=None)
-            )
+            s.execute(update(AgentRow).where(AgentRow.id == agent_id).values(**values))
 
     def agent_stopped(self, agent_id: str) -> None:
         with self.db.transaction() as s:

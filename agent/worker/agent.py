@@ -75,6 +75,7 @@ class Agent:
 
     def start(self) -> None:
         self.queue.register_agent(self.settings.agent_id, socket.gethostname(), self.capacity)
+        self.engine.check()  # its version for the registry, or the reason it is unreachable
         self._reconcile_safely()
         self._thread = threading.Thread(target=self._loop, name="agent-loop", daemon=True)
         self._thread.start()
@@ -89,8 +90,10 @@ class Agent:
             ",".join(self.capacity.gpu_ids) or "none",
         )
 
-    def stop(self, *, timeout: float | None = None) -> None:
-        """Stop claiming; stop running containers (they are requeued) and wait for them."""
+    def stop(self, *, timeout: float | None = None, detach: bool = False) -> None:
+        """Stop claiming, and wait for the running attempts. Normally their containers are
+        stopped and the jobs requeued; with `detach` (an upgrade) the containers keep running,
+        their leases are extended for the successor, which re-attaches them on start."""
         self._stopping.set()
         self._wake.set()
         if self._listener is not None:
@@ -99,15 +102,35 @@ class Agent:
             self._thread.join(timeout)
         with self._lock:
             running = list(self._running.values())
+        reason = StopReason.DETACH if detach else StopReason.SHUTDOWN
         for execution, _ in running:
-            execution.request_stop(StopReason.SHUTDOWN, f"agent {self.settings.agent_id}")
+            execution.request_stop(reason, f"agent {self.settings.agent_id}")
         for _, thread in running:
             thread.join(timeout)
+        if detach:
+            self._extend_detached_leases([execution for execution, _ in running])
         self.runtime.close()
         try:
             self.queue.agent_stopped(self.settings.agent_id)
         except Exception as exc:  # the database may be the reason we stop
             log.warning("could not record the agent's stop: %s", exc)
+
+    def _extend_detached_leases(self, executions: list[AttemptExecution]) -> None:
+        tokens = [ex.claim.lease_token for ex in executions if ex.detached]
+        if not tokens:
+            return
+        try:
+            self.queue.renew_leases(
+                self.settings.agent_id, tokens, lease_seconds=self.settings.detach_lease_seconds
+            )
+        except TrainyardError as exc:
+            log.warning("detach: could not extend the leases of running jobs: %s", exc)
+            return
+        log.info(
+            "detached from %d running job(s); their leases hold for %.0fs for the next agent",
+            len(tokens),
+            self.settings.detach_lease_seconds,
+        )
 
     def wake(self) -> None:
         """New work may be claimable (called in-process on submit): no polling delay."""
@@ -185,7 +208,11 @@ class Agent:
         return None
 
     def _heartbeat(self) -> None:
-        self.queue.heartbeat(self.settings.agent_id, engine_error=self.engine.error)
+        self.queue.heartbeat(
+            self.settings.agent_id,
+            engine_error=self.engine.error,
+            engine_version=self.engine.version,
+        )
         self.janitor.sweep((ex.job_id, ex.claim.attempt) for ex in self._executions())
 
     def _seconds_until_due(self) -> float | None:

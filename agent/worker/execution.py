@@ -39,6 +39,10 @@ class Adoption:
     started_at: datetime | None  # when the attempt started running, if it did
 
 
+class Detached(Exception):
+    """The agent left the container running for its successor: nothing to record or remove."""
+
+
 class AttemptExecution:
     """One container run. `run()` never raises: every ending is recorded as an outcome."""
 
@@ -65,6 +69,7 @@ class AttemptExecution:
         self.container_id: str | None = None
         self.result: AttemptResult | None = None
         self._cuda_oom = False
+        self.detached = False
 
     @property
     def job_id(self) -> str:
@@ -94,17 +99,20 @@ class AttemptExecution:
         except StaleState as exc:
             writer.agent(f"lease lost, leaving the job alone: {exc}", attempt=number)
             log.warning("job %s attempt %d: %s", job.id, number, exc)
+        except Detached:
+            self.detached = True
         except Exception as exc:  # the agent must outlive any one job
             log.exception("job %s attempt %d: unexpected failure", job.id, number)
             result = AttemptResult(Outcome.INFRA_ERROR, f"agent failure: {exc}")
         self.result = result
-        stored = True
+        stored = not self.detached
         try:
             if result is not None:
                 stored = self._record(writer, expected, result, time.monotonic() - started)
         finally:
             # A result the database did not take stays with its container: reconcile
-            # collects the real exit later instead of calling the attempt lost.
+            # collects the real exit later instead of calling the attempt lost. A detached
+            # container keeps running, holding its resources, for the next agent.
             gone = self._remove_container(writer) if stored else False
             if gone:
                 self._release()
@@ -189,6 +197,8 @@ class AttemptExecution:
         number = self.claim.attempt
         watch_started = time.time()
         supervision = self._supervisor(container_id, writer, deadline, since).run()
+        if supervision.stopped_for is StopReason.DETACH:
+            raise Detached
         try:
             report = self._exit_report(container_id, supervision, watch_started)
         except RuntimeUnavailable as exc:

@@ -27,6 +27,7 @@ class StopReason(StrEnum):
     SHUTDOWN = "shutdown"  # the agent is stopping (the job is requeued)
     LEASE_LOST = "lease_lost"  # another agent owns the job now
     TIMEOUT = "timeout"  # the job ran past its timeout
+    DETACH = "detach"  # the agent stops but leaves the container running for its successor
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,9 @@ class Supervisor:
         while not self._exited.wait(TICK_SECONDS):
             if stopped_for is None:
                 stopped_for = self._check_stop()
+            if stopped_for is StopReason.DETACH:
+                self._pump.abandon()  # the successor resumes from the last line written
+                break
             elif self._stop_failed.is_set() and time.monotonic() >= self._retry_stop_at:
                 self._note("the engine did not stop the container; asking again")
                 self._stop()
@@ -97,6 +101,12 @@ class Supervisor:
     def _check_stop(self) -> StopReason | None:
         request = self._stop_request()
         how = f"(SIGTERM, SIGKILL after {self._grace:g}s)"
+        if request is not None and request.reason is StopReason.DETACH:
+            self._note(
+                f"agent stopping in detach mode ({request.actor}): the container keeps running "
+                "and the next agent with this id re-attaches it"
+            )
+            return StopReason.DETACH
         if request is not None:
             self._note(
                 f"{_ANNOUNCE[request.reason]} by {request.actor}: stopping the container {how}"

@@ -29,7 +29,9 @@ def agents(service: ServiceDep) -> list[AgentOut]:
 
 @router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
 def health(service: ServiceDep) -> JSONResponse:
-    """200 when the database and the Docker engine answer; 503 with the reason otherwise."""
+    """200 when the database answers (and, in a process with an embedded agent, its Docker
+    engine); 503 with the reason otherwise. An API-only process never talks to Docker: it
+    reports how many live agents there are (each agent's engine is in `GET /agents`)."""
     result = service.health()
     body = HealthOut(status="ok" if result.ok else "unhealthy", checks=result.checks)
     return JSONResponse(body.model_dump(), status_code=200 if result.ok else 503)

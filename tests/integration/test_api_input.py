@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,34 @@ def test_health_is_503_when_the_database_is_down(api_only: Harness, tmp_path: Pa
     assert "database unreachable" in body["checks"]["database"]["error"]
 
 
+def test_an_api_only_process_never_builds_a_docker_client(
+    api_only: Harness, start_harness: Callable[..., Harness], make_settings: Callable[..., Settings]
+) -> None:
+    """The API needs no engine: health is the database plus how many agents are live."""
+    assert api_only.system.runtime is None and api_only.system.service.engine_ping is None
+    body = api_only.client.get("/health").json()
+    assert body["status"] == "ok"
+    assert "docker" not in body["checks"]
+    assert body["checks"]["agents"] == {"ok": True, "live": 0, "ids": []}
+    # An agent joins (its own process elsewhere; here an embedded one on the same database):
+    # the API-only process counts it, and /agents shows that agent's own engine.
+    with_agent = start_harness(
+        make_settings(database_url=api_only.system.settings.resolved_database_url)
+    )
+    body = api_only.client.get("/health").json()
+    assert body["checks"]["agents"]["live"] == 1
+    assert body["checks"]["agents"]["ids"] == [with_agent.agent_id]
+    deadline = time.monotonic() + 10
+    while (agent := api_only.client.get("/agents").json()[0])["engine"]["version"] is None:
+        assert time.monotonic() < deadline, agent  # the first heartbeat carries the version
+        time.sleep(0.05)
+    assert agent["engine"]["reachable"] is True
+    assert agent["engine"]["error"] is None
+    assert agent["engine"]["version"][0].isdigit()  # e.g. 20.10.24+dfsg1
+
+
 def test_health_is_503_when_the_docker_engine_is_down(api_only: Harness, tmp_path: Path) -> None:
+    """The engine check of a process with an embedded agent (injected here)."""
     api_only.system.service.engine_ping = DockerRunner(f"unix://{tmp_path / 'no-docker.sock'}").ping
     response = api_only.client.get("/health")
     assert response.status_code == 503

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -559,3 +560,44 @@ def test_a_due_retry_that_cannot_start_does_not_make_the_loop_spin(
     # poll_interval is 0.1 s: about ten claims a second, not hundreds.
     assert claims < 50, f"{claims} claims in one second"
     env.end(env.container_of(runner.id))
+
+
+# --- detach mode: an agent upgrade does not touch running training --------------------------
+
+
+def test_a_detached_stop_leaves_the_job_running_and_the_next_agent_finishes_it(env: Env) -> None:
+    output = [("stdout", f"step {i}") for i in range(5)]
+    env.runtime.script = lambda spec: Behaviour(output=output, run_seconds=None)
+    agent = env.agent()
+    job = env.submit(max_retries=0)
+    env.wait_status(job.id, JobStatus.RUNNING)
+    wait_until(lambda: len(env.log_output(job.id)) == 5, "the output logged")
+    container = env.container_of(job.id)
+    [before] = env.queue.active_attempts(env.agent_id)
+
+    agent.stop(timeout=10, detach=True)
+
+    assert env.runtime.stops == []  # never stopped
+    assert env.runtime.running() == [container]
+    assert env.job(job.id).status is JobStatus.RUNNING  # not requeued
+    assert env.queue.unreleased(env.agent_id)  # its resources stay held
+    assert "detach mode" in env.agent_text(job.id)
+    [held] = env.queue.active_attempts(env.agent_id)
+    assert held.lease_token == before.lease_token
+    # Another agent's janitor must not take it during the upgrade: the lease was extended.
+    with env.queue.db.reading() as session:
+        row = session.get(JobRow, job.id)
+        assert row is not None and row.lease_expires_at is not None
+        left = (row.lease_expires_at - datetime.now(UTC)).total_seconds()
+    assert left > env.settings.detach_lease_seconds - 60 > env.settings.lease_seconds
+    assert env.queue.expired() == []
+
+    successor = env.agent()  # the upgraded agent, same id
+    wait_until(lambda: successor.running_job_ids() == [job.id], "the container re-attached")
+    env.end(container, 0)
+
+    final = env.wait_final(job.id)
+    assert (final.status, final.attempt_count) == (JobStatus.SUCCEEDED, 1)
+    assert len(env.runtime.created) == 1
+    assert env.log_output(job.id) == output  # no line lost, none doubled
+    env.assert_clean()
