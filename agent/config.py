@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agent.core.units import parse_memory
@@ -50,6 +50,20 @@ class Settings(BaseSettings):
     default_max_retries: int = Field(default=3, ge=0, le=100)
 
     # --- agent ---
+    agent_listen: str = Field(
+        default="",
+        description="host:port where the agent serves its jobs' logs and outputs to the API "
+        "(empty: it does not; the API then reads them only from shared storage).",
+    )
+    agent_url: str = Field(
+        default="",
+        description="How the API reaches that endpoint (default: http://<agent_listen>).",
+    )
+    agent_secret: SecretStr | None = Field(
+        default=None,
+        description="Shared secret between the API and the agents' endpoints (required for "
+        "them; at least 16 characters).",
+    )
     agent_id: str = Field(default_factory=_default_agent_id, min_length=1, max_length=64)
     max_concurrent_jobs: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     gpus: str = Field(default="auto", description="'auto', 'none', or device ids like '0,1,2,3'.")
@@ -138,6 +152,28 @@ class Settings(BaseSettings):
                 "(set TRAINYARD_ALLOW_PUBLIC_BIND=1 to override behind your own proxy)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _agent_endpoint(self) -> Settings:
+        if self.agent_listen:
+            host, sep, port = self.agent_listen.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError("TRAINYARD_AGENT_LISTEN must be host:port, e.g. 0.0.0.0:8001")
+            if self.agent_secret is None:
+                raise ValueError(
+                    "TRAINYARD_AGENT_LISTEN needs TRAINYARD_AGENT_SECRET: the endpoint serves "
+                    "job logs and outputs only to the API"
+                )
+        if self.agent_secret is not None and len(self.agent_secret.get_secret_value()) < 16:
+            raise ValueError("TRAINYARD_AGENT_SECRET must be at least 16 characters")
+        return self
+
+    @property
+    def agent_endpoint_url(self) -> str | None:
+        """The URL the agent advertises in the registry for its endpoint."""
+        if not self.agent_listen:
+            return None
+        return self.agent_url or f"http://{self.agent_listen}"
 
     @cached_property
     def resolved_database_url(self) -> str:

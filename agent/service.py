@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from agent.config import Settings
@@ -15,8 +16,10 @@ from agent.core.jobs import JobSpec, JobStatus
 from agent.core.records import AgentInfo, Event, Job, Stats
 from agent.db.engine import Database
 from agent.db.queue import JobQueue
-from agent.joblog import follow_positioned, job_log_path, parse_position, tail
+from agent.jobfiles import LocalJobFiles, OutputListing
+from agent.joblog import parse_position
 from agent.metrics import JOBS_REJECTED, JOBS_SUBMITTED, QUEUE_DEPTH
+from agent.remote import AgentClient, AgentUnreachable
 
 FOLLOW_STATUS_CHECK_SECONDS = 1.0
 
@@ -56,6 +59,8 @@ class TrainyardService:
         self.queue = queue
         self.engine_ping = engine_ping
         self.agent = agent
+        self.files = LocalJobFiles(settings)
+        self._clients: dict[str, AgentClient] = {}
 
     # --- jobs ------------------------------------------------------------------------------
 
@@ -122,13 +127,15 @@ class TrainyardService:
     # --- logs ------------------------------------------------------------------------------
 
     def log_tail(self, job_id: str, lines: int) -> list[str]:
-        self.queue.get(job_id)  # 404 for unknown ids
-        return tail(job_log_path(self.settings.log_dir, job_id), lines)
+        holder = self._holder(self.queue.get(job_id))  # 404 for unknown ids
+        if holder is not None:
+            return holder.tail(job_id, lines)
+        return self.files.tail(job_id, lines)
 
     def log_follow(self, job_id: str, *, from_lines: int) -> Iterator[str]:
         """Lines as they are written; ends once the job is final and its log drained."""
         for position, line in self.log_follow_positioned(job_id, from_lines=from_lines):
-            if position:
+            if position and position != "gap":
                 yield line
 
     def log_follow_positioned(
@@ -146,7 +153,9 @@ class TrainyardService:
             raise InvalidRequest(
                 "Last-Event-ID is not a log position of this service; reconnect without it"
             )
-        self.queue.get(job_id)
+        holder = self._holder(self.queue.get(job_id))
+        if holder is not None:
+            return holder.follow(job_id, from_lines=from_lines, after=after)
         last_check = 0.0
         finished = False
 
@@ -160,16 +169,55 @@ class TrainyardService:
                 finished = job.status.is_final and job_id not in self._running_here()
             return finished
 
-        return follow_positioned(
-            job_log_path(self.settings.log_dir, job_id),
-            from_lines=from_lines,
-            after=position,
-            stop=stop,
-            heartbeat=heartbeat,
+        return self.files.follow(
+            job_id, from_lines=from_lines, after=position, stop=stop, heartbeat=heartbeat
         )
 
     def _running_here(self) -> list[str]:
         return self.agent.running_job_ids() if self.agent is not None else []
+
+    # --- outputs ---------------------------------------------------------------------------
+
+    def outputs(self, job_id: str) -> OutputListing:
+        holder = self._holder(self.queue.get(job_id), kind="outputs")
+        if holder is not None:
+            return holder.outputs(job_id)
+        if not self.files.has_outputs(job_id):
+            return OutputListing([], truncated=False)
+        return self.files.outputs(job_id)
+
+    def output(self, job_id: str, path: str) -> Path | AgentClient:
+        """The local file, or the client of the agent that has it (see AgentClient.download)."""
+        holder = self._holder(self.queue.get(job_id), kind="outputs")
+        if holder is not None:
+            return holder
+        return self.files.output_path(job_id, path)
+
+    def _holder(self, job: Job, *, kind: str = "log") -> AgentClient | None:
+        """The client of the agent whose host has this job's files; None when they are here
+        (the embedded agent ran it, or the directory is shared storage)."""
+        agent_id = job.attempts[-1].agent_id if job.attempts else None
+        here = self.files.has_log(job.id) if kind == "log" else self.files.has_outputs(job.id)
+        if (
+            agent_id is None
+            or here
+            or (self.agent is not None and agent_id == self.settings.agent_id)
+        ):
+            return None
+        secret = self.settings.agent_secret
+        endpoint = next((a.endpoint for a in self.queue.agents() if a.id == agent_id), None)
+        if endpoint is None or secret is None:
+            raise AgentUnreachable(
+                f"this job ran on agent {agent_id}, whose files are on its own host; that agent "
+                "serves them only with TRAINYARD_AGENT_LISTEN and the same TRAINYARD_AGENT_SECRET "
+                "as this API (or share TRAINYARD_LOG_DIR and TRAINYARD_DATA_DIR between hosts)"
+            )
+        client = self._clients.get(endpoint)
+        if client is None:
+            client = self._clients[endpoint] = AgentClient(
+                endpoint, secret.get_secret_value(), agent_id=agent_id
+            )
+        return client
 
     # --- health ----------------------------------------------------------------------------
 

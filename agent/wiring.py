@@ -11,6 +11,7 @@ from agent.core.scheduling import Capacity
 from agent.db.engine import Database
 from agent.db.migrate import upgrade
 from agent.db.queue import JobQueue
+from agent.endpoint import AgentEndpoint
 from agent.runtime.base import Runtime
 from agent.service import TrainyardService
 from agent.worker.agent import Agent
@@ -30,6 +31,7 @@ class System:
     runtime: Runtime | None
     agent: Agent | None
     service: TrainyardService
+    endpoint: AgentEndpoint | None = None
 
     @classmethod
     def build(
@@ -64,10 +66,13 @@ class System:
             engine_ping=runtime.ping if runtime is not None else None,
             agent=agent,
         )
-        return cls(settings, db, queue, runtime, agent, service)
+        endpoint = AgentEndpoint(settings, service) if agent and settings.agent_listen else None
+        return cls(settings, db, queue, runtime, agent, service, endpoint)
 
     def start(self) -> None:
         self.settings.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.endpoint is not None:
+            self.endpoint.start()
         if self.agent is not None:
             self.agent.start()
 
@@ -80,4 +85,6 @@ class System:
             self.agent.stop(timeout=timeout, detach=detach)
         elif self.runtime is not None:
             self.runtime.close()
+        if self.endpoint is not None:
+            self.endpoint.stop()
         self.db.dispose()

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from agent.config import Settings
 from agent.core.errors import QueueFull, TrainyardError
 from agent.wiring import System
-from api.routes import jobs, system, train
+from api.routes import jobs, outputs, system, train
 
 log = logging.getLogger("trainyard.api")
 
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None, *, system_: System | None = Non
     if system_ is not None:
         app.state.service = system_.service
     app.include_router(jobs.router)
+    app.include_router(outputs.router)
     app.include_router(train.router)
     app.include_router(system.router)
     app.add_exception_handler(TrainyardError, _trainyard_error)

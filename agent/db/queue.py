@@ -569,7 +569,9 @@ class JobQueue:
 
     # --- agents ------------------------------------------------------------------------------
 
-    def register_agent(self, agent_id: str, hostname: str, capacity: Capacity) -> None:
+    def register_agent(
+        self, agent_id: str, hostname: str, capacity: Capacity, *, endpoint: str | None = None
+    ) -> None:
         now = self.clock()
         with self.db.transaction() as s:
             row = s.get(AgentRow, agent_id)
@@ -585,6 +587,7 @@ class JobQueue:
             row.cpus = capacity.cpus
             row.gpu_ids = list(capacity.gpu_ids)
             row.engine_error = None
+            row.endpoint = endpoint
 
     def heartbeat(
         self, agent_id: str, *, engine_error: str | None, engine_version: str | None = None

@@ -74,7 +74,12 @@ class Agent:
     # --- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.queue.register_agent(self.settings.agent_id, socket.gethostname(), self.capacity)
+        self.queue.register_agent(
+            self.settings.agent_id,
+            socket.gethostname(),
+            self.capacity,
+            endpoint=self.settings.agent_endpoint_url,
+        )
         self.engine.check()  # its version for the registry, or the reason it is unreachable
         self._reconcile_safely()
         self._thread = threading.Thread(target=self._loop, name="agent-loop", daemon=True)
