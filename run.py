@@ -20,6 +20,7 @@ import threading
 from types import FrameType
 
 import uvicorn
+from pydantic import ValidationError
 
 from agent.config import Settings
 from agent.core.errors import TrainyardError
@@ -36,7 +37,15 @@ def main(argv: list[str] | None = None) -> int:
         "command", nargs="?", default="all", choices=["all", "api", "agent", "migrate"]
     )
     args = parser.parse_args(argv)
-    settings = Settings(mode=args.command if args.command != "migrate" else "all")
+    try:
+        settings = Settings(mode=args.command if args.command != "migrate" else "all")
+    except ValidationError as exc:
+        # One clear line per problem, not a traceback: the message says what to change.
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            where = f"TRAINYARD_{field.upper()}: " if field else ""
+            print(f"trainyard: configuration error: {where}{error['msg']}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
     try:
         if args.command == "migrate":

@@ -1,0 +1,38 @@
+"""A bad setting stops run.py with one clear line, not a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RUN_PY = Path(__file__).resolve().parents[2] / "run.py"
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"TRAINYARD_HOST": "0.0.0.0"}, "TRAINYARD_HOST must be a loopback address"),
+        ({"TRAINYARD_PORT": "eighty"}, "TRAINYARD_PORT: Input should be a valid integer"),
+        ({"TRAINYARD_AGENT_LISTEN": "0.0.0.0:8001"}, "needs TRAINYARD_AGENT_SECRET"),
+        ({"TRAINYARD_AGENT_SECRET": "short"}, "at least 16 characters"),
+    ],
+)
+def test_configuration_errors_are_one_line(env: dict[str, str], words: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(RUN_PY), "api"],
+        env={**os.environ, "TRAINYARD_DATA_DIR": str(tmp_path), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("trainyard: configuration error: ")
+    assert words in lines[0]
+    assert "Traceback" not in result.stderr
