@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 
-.PHONY: run test venv engine images migrate lint bench clean-containers
+.PHONY: run test venv engine images service-image migrate lint bench clean-containers
 
 run: venv engine images migrate
 	$(BIN)/python run.py
@@ -15,6 +15,7 @@ run: venv engine images migrate
 test: venv
 	scripts/ensure-docker.sh --gpu-standin
 	scripts/ensure-images.sh
+	scripts/ensure-service-image.sh --validate-compose
 	scripts/ensure-docker.sh --gpu-standin
 	scripts/ensure-postgres.sh
 	$(MAKE) --no-print-directory lint
@@ -32,6 +33,10 @@ engine:
 
 images: engine
 	scripts/ensure-images.sh
+
+# The API/agent image (Dockerfile), built offline; docker-compose.yml runs it.
+service-image: venv engine
+	scripts/ensure-service-image.sh
 
 migrate: venv
 	$(BIN)/python run.py migrate

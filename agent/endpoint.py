@@ -12,11 +12,13 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 import uvicorn
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agent.config import Settings
 from agent.core.errors import TrainyardError
+from agent.metrics import REGISTRY
 from agent.remote import INTERNAL_PREFIX
 from agent.service import TrainyardService
 
@@ -34,26 +36,24 @@ def endpoint_app(settings: Settings, service: TrainyardService) -> FastAPI:
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), secret):
             raise HTTPException(401, "this endpoint serves the Trainyard API only")
 
-    app = FastAPI(
-        title="Trainyard agent endpoint",
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-        dependencies=[Depends(authorized)],
-    )
+    app = FastAPI(title="Trainyard agent endpoint", docs_url=None, redoc_url=None, openapi_url=None)
+    files = APIRouter(prefix=INTERNAL_PREFIX, dependencies=[Depends(authorized)])
 
     @app.exception_handler(TrainyardError)
     async def trainyard_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, TrainyardError)
         return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
 
-    prefix = INTERNAL_PREFIX
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        """This agent's metrics for Prometheus (counters only: no job data, no secret)."""
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get(prefix + "/jobs/{job_id}/logs", response_class=PlainTextResponse)
+    @files.get("/jobs/{job_id}/logs", response_class=PlainTextResponse)
     def tail(job_id: str, tail: Annotated[int, Query(ge=1, le=100_000)] = 100) -> str:
         return "".join(f"{line}\n" for line in service.files.tail(_checked(job_id), tail))
 
-    @app.get(prefix + "/jobs/{job_id}/logs/follow")
+    @files.get("/jobs/{job_id}/logs/follow")
     def follow(
         job_id: str,
         tail: Annotated[int, Query(ge=0, le=100_000)] = 0,
@@ -69,7 +69,7 @@ def endpoint_app(settings: Settings, service: TrainyardService) -> FastAPI:
 
         return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
 
-    @app.get(prefix + "/jobs/{job_id}/outputs")
+    @files.get("/jobs/{job_id}/outputs")
     def outputs(job_id: str) -> dict[str, Any]:
         listing = (
             service.files.outputs(_checked(job_id)) if service.files.has_outputs(job_id) else None
@@ -82,10 +82,11 @@ def endpoint_app(settings: Settings, service: TrainyardService) -> FastAPI:
             "truncated": bool(listing and listing.truncated),
         }
 
-    @app.get(prefix + "/jobs/{job_id}/outputs/{path:path}")
+    @files.get("/jobs/{job_id}/outputs/{path:path}")
     def output(job_id: str, path: str) -> FileResponse:
         return FileResponse(service.files.output_path(_checked(job_id), path))
 
+    app.include_router(files)
     return app
 
 

@@ -20,8 +20,6 @@ TRAIN_IMAGE="${TRAINYARD_TRAIN_IMAGE:-trainyard/train:latest}"
 CONTEXT="$TRAINYARD_ROOT/images/training"
 SUITE=bookworm
 BASE_PACKAGES=python3,python3-numpy
-# Everything that defines the offline base; a change here rebuilds it.
-BASE_RECIPE="mmdebstrap minbase $SUITE $BASE_PACKAGES nodocs v1"
 
 case "${1:-}" in
     "") ;;
@@ -35,50 +33,8 @@ esac
 docker info >/dev/null 2>&1 || ty_die "Docker engine not reachable; run scripts/ensure-docker.sh first"
 [[ -f "$CONTEXT/Dockerfile" ]] || ty_die "missing $CONTEXT/Dockerfile"
 
-sha256() { sha256sum | cut -d' ' -f1; }
-
-# image_label IMAGE LABEL: print the label's value ("" when the image or label is missing).
-image_label() {
-    docker image inspect --format "{{ index .Config.Labels \"$2\" }}" "$1" 2>/dev/null || true
-}
-
-build_offline_base() {
-    local recipe_hash tmp start
-    recipe_hash="$(printf '%s' "$BASE_RECIPE" | sha256)"
-    [[ "$(image_label "$BASE_IMAGE" trainyard.base_recipe)" == "$recipe_hash" ]] && return 0
-
-    ty_require_root "building $BASE_IMAGE with mmdebstrap"
-    command -v mmdebstrap >/dev/null 2>&1 || ty_apt_install mmdebstrap
-    start=$SECONDS
-    tmp="$(mktemp -d /var/tmp/trainyard-base.XXXXXX)"
-    # shellcheck disable=SC2064  # expand $tmp now
-    trap "rm -rf '$tmp'" EXIT
-    ty_log "building base image $BASE_IMAGE offline with mmdebstrap (about a minute)"
-    # No mirror argument: mmdebstrap uses the host's own apt sources.
-    if ! mmdebstrap --variant=minbase --include="$BASE_PACKAGES" \
-        --dpkgopt='path-exclude=/usr/share/doc/*' \
-        --dpkgopt='path-exclude=/usr/share/man/*' \
-        --dpkgopt='path-exclude=/usr/share/locale/*' \
-        --dpkgopt='path-exclude=/usr/share/info/*' \
-        "$SUITE" "$tmp/base.tar" >"$tmp/mmdebstrap.log" 2>&1; then
-        tail -n 30 "$tmp/mmdebstrap.log" >&2
-        ty_die "mmdebstrap failed (output above)"
-    fi
-    if ! docker import \
-        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-        --change 'ENV LANG=C.UTF-8' \
-        --change "LABEL trainyard.base_recipe=$recipe_hash" \
-        --change 'CMD ["python3"]' \
-        "$tmp/base.tar" "$BASE_IMAGE" >/dev/null; then
-        ty_die "docker import of $tmp/base.tar as $BASE_IMAGE failed"
-    fi
-    rm -rf "$tmp"
-    trap - EXIT
-    ty_log "built $BASE_IMAGE in $((SECONDS - start)) s"
-}
-
 if [[ "$BASE_IMAGE" == "$DEFAULT_BASE" ]]; then
-    build_offline_base
+    ty_offline_base "$BASE_IMAGE" "$SUITE" "$BASE_PACKAGES"
 fi
 
 # The base id pins the hash to the exact base; a custom base not present yet is pulled by the
@@ -90,10 +46,10 @@ src_hash="$(
         printf 'base %s %s\n' "$BASE_IMAGE" "$base_id"
         find . -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 | LC_ALL=C sort -z |
             xargs -0 sha256sum
-    } | sha256
+    } | ty_sha256
 )"
 
-if [[ "$(image_label "$TRAIN_IMAGE" trainyard.src_hash)" == "$src_hash" ]]; then
+if [[ "$(ty_image_label "$TRAIN_IMAGE" trainyard.src_hash)" == "$src_hash" ]]; then
     exit 0
 fi
 
@@ -101,7 +57,7 @@ start=$SECONDS
 build_log="$(mktemp /tmp/trainyard-build.XXXXXX.log)"
 ty_log "building $TRAIN_IMAGE from images/training (base $BASE_IMAGE)"
 # The classic builder ships with the docker CLI; BuildKit would need the buildx plugin.
-if ! DOCKER_BUILDKIT=0 docker build \
+if ! DOCKER_BUILDKIT=0 docker build --force-rm \
     --build-arg "BASE_IMAGE=$BASE_IMAGE" \
     --label "trainyard.src_hash=$src_hash" \
     -t "$TRAIN_IMAGE" "$CONTEXT" >"$build_log" 2>&1; then

@@ -52,3 +52,49 @@ ty_pid_alive() {
     fi
     return 0
 }
+
+# ty_image_label IMAGE LABEL: print the label's value ("" when the image or label is missing).
+ty_image_label() {
+    docker image inspect --format "{{ index .Config.Labels \"$2\" }}" "$1" 2>/dev/null || true
+}
+
+# ty_sha256: hash of stdin, hex only.
+ty_sha256() { sha256sum | cut -d' ' -f1; }
+
+# ty_offline_base IMAGE SUITE PACKAGES: make sure IMAGE is a Debian minbase of SUITE with the
+# comma-separated PACKAGES, built with mmdebstrap from the host's own apt sources and
+# `docker import`ed (no registry needed). The image carries the label trainyard.base_recipe (hash
+# of everything that defines it) and is rebuilt only when that differs.
+ty_offline_base() {
+    local image="$1" suite="$2" packages="$3" recipe_hash tmp start
+    recipe_hash="$(printf '%s' "mmdebstrap minbase $suite $packages nodocs v1" | ty_sha256)"
+    [[ "$(ty_image_label "$image" trainyard.base_recipe)" == "$recipe_hash" ]] && return 0
+
+    ty_require_root "building $image with mmdebstrap"
+    command -v mmdebstrap >/dev/null 2>&1 || ty_apt_install mmdebstrap
+    start=$SECONDS
+    tmp="$(mktemp -d /var/tmp/trainyard-base.XXXXXX)"
+    ty_log "building base image $image ($packages) offline with mmdebstrap (about a minute)"
+    # No mirror argument: mmdebstrap uses the host's own apt sources.
+    if ! mmdebstrap --variant=minbase --include="$packages" \
+        --dpkgopt='path-exclude=/usr/share/doc/*' \
+        --dpkgopt='path-exclude=/usr/share/man/*' \
+        --dpkgopt='path-exclude=/usr/share/locale/*' \
+        --dpkgopt='path-exclude=/usr/share/info/*' \
+        "$suite" "$tmp/base.tar" >"$tmp/mmdebstrap.log" 2>&1; then
+        tail -n 30 "$tmp/mmdebstrap.log" >&2
+        rm -rf "$tmp"
+        ty_die "mmdebstrap failed (output above)"
+    fi
+    if ! docker import \
+        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        --change 'ENV LANG=C.UTF-8' \
+        --change "LABEL trainyard.base_recipe=$recipe_hash" \
+        --change 'CMD ["python3"]' \
+        "$tmp/base.tar" "$image" >/dev/null; then
+        rm -rf "$tmp"
+        ty_die "docker import of $tmp/base.tar as $image failed"
+    fi
+    rm -rf "$tmp"
+    ty_log "built $image in $((SECONDS - start)) s"
+}

@@ -141,6 +141,8 @@ def test_logs_and_outputs_of_jobs_on_two_hosts_come_back_through_the_api(
         assert httpx.get(direct, headers={"Authorization": "Bearer wrong"}).status_code == 401
         auth = {"Authorization": f"Bearer {SECRET}"}
         assert httpx.get(direct, headers=auth).status_code == 200
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics")  # for Prometheus, no secret
+        assert metrics.status_code == 200 and "trainyard_attempts_finished_total" in metrics.text
 
     for proc in procs:
         assert proc.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
