@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agent.core.units import parse_memory
 
 DEFAULT_TRAIN_IMAGE = "trainyard/train:latest"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+MAX_BODY_BYTES = 1024 * 1024
+"""The default bound on a request body (TRAINYARD_MAX_BODY_BYTES): a job spec's own limits
+(params 64 KiB, env 128 KiB, command 256 x 4 KiB) fit well inside it."""
 
 
 def _default_agent_id() -> str:
@@ -36,12 +42,40 @@ class Settings(BaseSettings):
     database_url: str = ""  # empty: SQLite under data_dir
     log_level: str = "INFO"
     allow_public_bind: bool = Field(
-        default=False, description="Listen beyond loopback (only behind your own auth proxy)."
+        default=False,
+        description="Listen beyond loopback. The API then also needs an API token to exist "
+        "(python run.py token create): it refuses to start without one.",
+    )
+    allowed_hosts: str = Field(
+        default="",
+        description="Host header names the API answers besides the loopback names and "
+        "TRAINYARD_HOST (comma-separated; '*.example.com' matches subdomains; '*' any). Others "
+        "get 400: a defence against DNS rebinding.",
+    )
+    cors_origins: str = Field(
+        default="",
+        description="Browser origins allowed to call the API cross-origin, exactly "
+        "(comma-separated, e.g. https://dash.example.com). Empty: no CORS.",
+    )
+    max_body_bytes: int = Field(
+        default=MAX_BODY_BYTES,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Larger request bodies get 413 before they are read.",
     )
 
     # --- queue ---
     max_queued: int = Field(
         default=100, ge=1, description="Submissions past this many queued jobs get 429."
+    )
+    quota_queued: int | None = Field(
+        default=1000, ge=1, description="Jobs one user may have queued; past it 429."
+    )
+    quota_gpus: int | None = Field(
+        default=None,
+        ge=0,
+        description="GPUs one user's starting and running jobs may hold (checked on submit: "
+        "a GPU job past it gets 429). None: no limit.",
     )
     default_image: str = DEFAULT_TRAIN_IMAGE
     default_memory: str = "2g"
@@ -145,13 +179,57 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _safe_bind(self) -> Settings:
-        # The service has no authentication yet, so it refuses to listen beyond this machine.
-        if self.host not in ("127.0.0.1", "localhost", "::1") and not self.allow_public_bind:
-            raise ValueError(
-                "TRAINYARD_HOST must be a loopback address until authentication exists "
-                "(set TRAINYARD_ALLOW_PUBLIC_BIND=1 to override behind your own proxy)"
+        # Listening beyond this machine takes two things: this explicit flag, and (checked at
+        # start, where the database is known: agent.core.auth.bind_refusal) an API token.
+        # A PydanticCustomError, not a ValueError: its message is exactly this one line (no
+        # "Value error, " prefix), for run.py to print as `error.errors()[0]["msg"]`.
+        if self.host not in LOOPBACK_HOSTS and not self.allow_public_bind:
+            raise PydanticCustomError(
+                "unsafe_bind",
+                "TRAINYARD_HOST must be a loopback address (127.0.0.1, localhost or ::1), not "
+                "{host}; to serve other machines set TRAINYARD_ALLOW_PUBLIC_BIND=1 and create an "
+                "API token (python run.py token create --user NAME)",
+                {"host": repr(self.host)},
             )
         return self
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts_parse(cls, value: str) -> str:
+        hosts = [part.strip().lower() for part in value.split(",") if part.strip()]
+        for host in hosts:
+            wildcard = host.startswith("*.") and "*" not in host[2:] and len(host) > 2
+            if host != "*" and not wildcard and ("*" in host or "/" in host or " " in host):
+                raise ValueError(
+                    f"TRAINYARD_ALLOWED_HOSTS: {host!r} is not a host name; use names like "
+                    "trainyard.example.com, '*.example.com' or '*'"
+                )
+        return ",".join(hosts)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_parse(cls, value: str) -> str:
+        origins = [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+        for origin in origins:
+            if re.fullmatch(r"https?://[^/\s*]+", origin) is None:
+                raise ValueError(
+                    f"TRAINYARD_CORS_ORIGINS: {origin!r} must be an exact origin like "
+                    "https://dash.example.com (scheme and host, no path, no '*')"
+                )
+        return ",".join(origins)
+
+    @property
+    def trusted_hosts(self) -> list[str]:
+        """Host header names the API answers: loopback, its own host and the configured ones."""
+        host = self.host.lower()
+        own = [] if host in ("0.0.0.0", "::", "") else [f"[{host}]" if ":" in host else host]  # noqa: S104
+        extra = [h for h in self.allowed_hosts.split(",") if h]
+        names = [*LOOPBACK_HOSTS, "[::1]", *own, *extra]
+        return list(dict.fromkeys(names))
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin for origin in self.cors_origins.split(",") if origin]
 
     @model_validator(mode="after")
     def _agent_endpoint(self) -> Settings:

@@ -36,3 +36,10 @@ RUNNING_ATTEMPTS = Gauge(
 QUEUE_DEPTH = Gauge(
     "trainyard_queue_depth", "Jobs waiting in the queue (sampled on scrape).", registry=REGISTRY
 )
+JOB_PROGRESS = Gauge(
+    "trainyard_job_progress",
+    "Training progress (0-1) of each job this agent runs, from the JSON lines it prints "
+    "(epoch/epochs or step/total_steps); the label goes when the attempt ends.",
+    ["job_id"],
+    registry=REGISTRY,
+)

@@ -3,19 +3,34 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.config import Settings
+from agent.config import LOOPBACK_HOSTS, Settings
 from agent.core.admission import live_agents, resolve, unschedulable_reason
+from agent.core.auth import (
+    HIDDEN_JOB,
+    LOCAL_USER,
+    InvalidToken,
+    Quota,
+    UnsafeBind,
+    User,
+    bind_refusal,
+    owner_scope,
+    redact_env,
+)
 from agent.core.errors import InvalidJobSpec, InvalidRequest, RuntimeUnavailable
 from agent.core.jobs import JobSpec, JobStatus
 from agent.core.records import AgentInfo, Event, Job, Stats
+from agent.core.training import SeriesPage, TrainingSummary
 from agent.db.engine import Database
+from agent.db.metrics import MetricStore
 from agent.db.queue import JobQueue
+from agent.db.tokens import TokenStore
 from agent.jobfiles import LocalJobFiles, OutputListing
 from agent.joblog import parse_position
 from agent.metrics import JOBS_REJECTED, JOBS_SUBMITTED, QUEUE_DEPTH
@@ -61,23 +76,106 @@ class TrainyardService:
         self.agent = agent
         self.files = LocalJobFiles(settings)
         self._clients: dict[str, AgentClient] = {}
+        self.tokens = TokenStore(db)
+        self._tokens_exist = False
+
+    # --- who is asking ---------------------------------------------------------------------
+    #
+    # Every method a user calls takes `user`: they see, follow and cancel their own jobs only
+    # (another user's is "not found", like an unknown id); an admin sees every job. None is an
+    # internal caller (the agent's endpoint, which the API reaches with the agent secret, and
+    # benchmarks). Jobs come back with their env values redacted: they are secrets.
+
+    def authenticate(self, token: str | None) -> User:
+        """The user a request acts as: its token's; or, while no token exists at all
+        (single-user mode, loopback only), the local admin. InvalidToken (401) otherwise."""
+        if token is None:
+            if not self.tokens_exist():
+                return LOCAL_USER
+            raise InvalidToken(
+                "this API needs a token: send 'Authorization: Bearer <token>' (an admin creates "
+                "one with: python run.py token create --user NAME)"
+            )
+        user = self.tokens.user(token)
+        if user is None:
+            raise InvalidToken("the token is not valid (unknown or revoked)")
+        return user
+
+    def tokens_exist(self) -> bool:
+        """Whether requests need a token. Tokens are never deleted (revoking keeps the row),
+        so once true this stays true and is not asked again."""
+        if not self._tokens_exist:
+            self._tokens_exist = self.tokens.any()
+        return self._tokens_exist
+
+    def check_bind(self, host: str | None = None) -> None:
+        """Refuse (UnsafeBind) to serve on `host` (default: TRAINYARD_HOST) beyond loopback
+        while no token exists."""
+        host = self.settings.host if host is None else host
+        refusal = bind_refusal(host, LOOPBACK_HOSTS, tokens_exist=self.tokens_exist())
+        if refusal is not None:
+            raise UnsafeBind(refusal)
+
+    def check_visible(self, job_id: str, *, user: User | None) -> None:
+        """JobNotFound (404) unless `user` may see this job."""
+        if owner_scope(user) is not None:
+            self.queue.get(job_id, owner=owner_scope(user))
+
+    def _quota(self) -> Quota:
+        return Quota(self.settings.quota_queued, self.settings.quota_gpus)
 
     # --- jobs ------------------------------------------------------------------------------
 
-    def submit(self, spec: JobSpec, *, actor: str = "api") -> Job:
+    def submit(
+        self,
+        spec: JobSpec,
+        *,
+        actor: str | None = None,
+        user: User | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        job, _created = self.submit_or_get(
+            spec, actor=actor, user=user, idempotency_key=idempotency_key
+        )
+        return job
+
+    def submit_or_get(
+        self,
+        spec: JobSpec,
+        *,
+        actor: str | None = None,
+        user: User | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[Job, bool]:
+        """Queue a job owned by `user`, within their quota: (the job, True). The same
+        `idempotency_key` from the same user again: (the first job, False), never a second."""
+        owner = user.name if user is not None else None
+        actor = actor or (user.actor if user is not None else "api")
+        if idempotency_key is not None:
+            first = self.queue.find_keyed(owner, idempotency_key)
+            if first is not None:
+                return self._shown(first), False
         new = resolve(spec, self.settings)
         try:
             reason = unschedulable_reason(new.memory_bytes, new.cpus, new.gpus, self.live_agents())
             if reason is not None:  # no live agent could ever run it: refuse, do not queue
                 raise InvalidJobSpec(reason)
-            job = self.queue.submit(new, max_queued=self.settings.max_queued, actor=actor)
+            job, created = self.queue.submit_or_get(
+                new,
+                max_queued=self.settings.max_queued,
+                actor=actor,
+                owner=owner,
+                idempotency_key=idempotency_key,
+                quota=self._quota() if owner is not None else None,
+            )
         except Exception as exc:
             JOBS_REJECTED.labels(type(exc).__name__).inc()
             raise
-        JOBS_SUBMITTED.inc()
-        if self.agent is not None:
-            self.agent.wake()
-        return job
+        if created:
+            JOBS_SUBMITTED.inc()
+            if self.agent is not None:
+                self.agent.wake()
+        return self._shown(job), created
 
     def live_agents(self) -> list[AgentInfo]:
         return live_agents(
@@ -99,42 +197,83 @@ class TrainyardService:
                 reasons[job.id] = reason
         return reasons
 
-    def cancel(self, job_id: str, *, actor: str = "api") -> Job:
-        job = self.queue.request_cancel(job_id, actor)
+    def cancel(self, job_id: str, *, actor: str | None = None, user: User | None = None) -> Job:
+        actor = actor or (user.actor if user is not None else "api")
+        job = self.queue.request_cancel(job_id, actor, owner=owner_scope(user))
         if self.agent is not None and job.status.is_active:
             self.agent.cancel(job_id, actor)
-        return job
+        return self._shown(job)
 
-    def get(self, job_id: str) -> Job:
-        return self.queue.get(job_id)
+    def get(self, job_id: str, *, user: User | None = None) -> Job:
+        return self._shown(self.queue.get(job_id, owner=owner_scope(user)))
 
-    def agents(self) -> list[AgentInfo]:
-        return self.queue.agents()
+    def agents(self, *, user: User | None = None) -> list[AgentInfo]:
+        """Every agent; to a non-admin, the ids of other users' jobs holding GPUs are hidden."""
+        agents = self.queue.agents()
+        scope = owner_scope(user)
+        if scope is None:
+            return agents
+        mine = self.queue.owned({j for a in agents for j in a.gpu_holders.values()}, scope)
+        return [
+            replace(
+                a,
+                gpu_holders={g: j if j in mine else HIDDEN_JOB for g, j in a.gpu_holders.items()},
+            )
+            for a in agents
+        ]
 
     def list_jobs(
-        self, *, status: JobStatus | None, limit: int, offset: int
+        self, *, status: JobStatus | None, limit: int, offset: int, user: User | None = None
     ) -> tuple[list[Job], int]:
-        return self.queue.list_jobs(status=status, limit=limit, offset=offset)
+        jobs, total = self.queue.list_jobs(
+            status=status, limit=limit, offset=offset, owner=owner_scope(user)
+        )
+        return [self._shown(job) for job in jobs], total
 
-    def events(self, job_id: str) -> list[Event]:
-        return self.queue.events(job_id)
+    def events(self, job_id: str, *, user: User | None = None) -> list[Event]:
+        return self.queue.events(job_id, owner=owner_scope(user))
+
+    @staticmethod
+    def _shown(job: Job) -> Job:
+        """The job as users see it: env keys, no values."""
+        return replace(job, env=redact_env(job.env))
 
     def stats(self) -> Stats:
         stats = self.queue.stats()
         QUEUE_DEPTH.set(stats.counts.get("queued", 0))
         return stats
 
+    # --- training metrics ------------------------------------------------------------------
+
+    @cached_property
+    def _metric_store(self) -> MetricStore:
+        return MetricStore(self.db)
+
+    def training(self, job_ids: Iterable[str]) -> dict[str, TrainingSummary]:
+        """The last metric values and progress of these jobs (of those that printed any),
+        in one query: cheap enough for a page of jobs."""
+        return self._metric_store.summaries(job_ids)
+
+    def metric_series(
+        self, job_id: str, *, keys: list[str] | None, since: int | None, limit: int
+    ) -> SeriesPage:
+        """A job's metric series after the cursor `since` (all of them when None)."""
+        self.queue.get(job_id)  # 404 for unknown ids
+        return self._metric_store.series(job_id, keys=keys, since=since, limit=limit)
+
     # --- logs ------------------------------------------------------------------------------
 
-    def log_tail(self, job_id: str, lines: int) -> list[str]:
-        holder = self._holder(self.queue.get(job_id))  # 404 for unknown ids
+    def log_tail(self, job_id: str, lines: int, *, user: User | None = None) -> list[str]:
+        holder = self._holder(self.queue.get(job_id, owner=owner_scope(user)))  # 404: unknown
         if holder is not None:
             return holder.tail(job_id, lines)
         return self.files.tail(job_id, lines)
 
-    def log_follow(self, job_id: str, *, from_lines: int) -> Iterator[str]:
+    def log_follow(
+        self, job_id: str, *, from_lines: int, user: User | None = None
+    ) -> Iterator[str]:
         """Lines as they are written; ends once the job is final and its log drained."""
-        for position, line in self.log_follow_positioned(job_id, from_lines=from_lines):
+        for position, line in self.log_follow_positioned(job_id, from_lines=from_lines, user=user):
             if position and position != "gap":
                 yield line
 
@@ -145,6 +284,7 @@ class TrainyardService:
         from_lines: int,
         after: str | None = None,
         heartbeat: float | None = None,
+        user: User | None = None,
     ) -> Iterator[tuple[str, str]]:
         """(position, line) as lines are written (see joblog.follow_positioned), from just
         after the position `after` if given; ends once the job is final and its log drained."""
@@ -153,7 +293,7 @@ class TrainyardService:
             raise InvalidRequest(
                 "Last-Event-ID is not a log position of this service; reconnect without it"
             )
-        holder = self._holder(self.queue.get(job_id))
+        holder = self._holder(self.queue.get(job_id, owner=owner_scope(user)))
         if holder is not None:
             return holder.follow(job_id, from_lines=from_lines, after=after)
         last_check = 0.0
@@ -178,17 +318,17 @@ class TrainyardService:
 
     # --- outputs ---------------------------------------------------------------------------
 
-    def outputs(self, job_id: str) -> OutputListing:
-        holder = self._holder(self.queue.get(job_id), kind="outputs")
+    def outputs(self, job_id: str, *, user: User | None = None) -> OutputListing:
+        holder = self._holder(self.queue.get(job_id, owner=owner_scope(user)), kind="outputs")
         if holder is not None:
             return holder.outputs(job_id)
         if not self.files.has_outputs(job_id):
             return OutputListing([], truncated=False)
         return self.files.outputs(job_id)
 
-    def output(self, job_id: str, path: str) -> Path | AgentClient:
+    def output(self, job_id: str, path: str, *, user: User | None = None) -> Path | AgentClient:
         """The local file, or the client of the agent that has it (see AgentClient.download)."""
-        holder = self._holder(self.queue.get(job_id), kind="outputs")
+        holder = self._holder(self.queue.get(job_id, owner=owner_scope(user)), kind="outputs")
         if holder is not None:
             return holder
         return self.files.output_path(job_id, path)

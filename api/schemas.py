@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Any
 
@@ -9,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.core.jobs import JobStatus, check_params
 from agent.core.records import AgentInfo, Attempt, Job, Stats
+from agent.core.training import EPOCH_TOTALS, STEP_TOTALS, SeriesPage, TrainingSummary
 from agent.core.units import format_memory
 
 
@@ -66,10 +68,30 @@ class JobOut(BaseModel):
     attempts: list[Attempt] | None = Field(
         default=None, description="Every container run (only on GET /jobs/{id})."
     )
+    progress: float | None = Field(
+        default=None,
+        description="0 to 1, from the JSON lines the job prints on stdout: step / "
+        f"({' | '.join(STEP_TOTALS)}), else epoch / ({' | '.join(EPOCH_TOTALS)}).",
+    )
+    eta_seconds: float | None = Field(
+        default=None,
+        description="Seconds until progress reaches 1 at the current attempt's rate; null "
+        "while unknown and once the job is not running.",
+    )
+    latest_metrics: dict[str, int | float] | None = Field(
+        default=None,
+        description="The last value of each numeric field the job printed in a JSON line "
+        "(series: GET /jobs/{id}/metrics).",
+    )
 
     @classmethod
     def of(
-        cls, job: Job, *, with_attempts: bool = False, unschedulable: str | None = None
+        cls,
+        job: Job,
+        *,
+        with_attempts: bool = False,
+        unschedulable: str | None = None,
+        training: TrainingSummary | None = None,
     ) -> JobOut:
         return cls.model_validate(
             {
@@ -78,8 +100,69 @@ class JobOut(BaseModel):
                 "next_attempt_at": job.not_before if job.status is JobStatus.QUEUED else None,
                 "unschedulable_reason": unschedulable,
                 "attempts": job.attempts if with_attempts else None,
+                **_training_fields(job, training),
             }
         )
+
+
+def _training_fields(job: Job, training: TrainingSummary | None) -> dict[str, Any]:
+    """progress, eta_seconds and latest_metrics, derived from the job's metrics summary. The
+    ETA is only for a running job whose current attempt has reported progress."""
+    if training is None:
+        return {}
+    fraction = training.fraction
+    eta = None
+    state = training.progress
+    if job.status is JobStatus.RUNNING and state is not None and state.attempt == job.attempt_count:
+        eta = training.eta_seconds(time.time())
+    return {
+        "progress": round(fraction, 6) if fraction is not None else None,
+        "eta_seconds": round(eta, 1) if eta is not None else None,
+        "latest_metrics": training.latest or None,
+    }
+
+
+class MetricPointOut(BaseModel):
+    t: datetime = Field(description="When the job printed the line (the engine's timestamp).")
+    step: int | float | None
+    epoch: int | float | None
+    attempt: int
+    value: float
+
+
+class MetricsOut(BaseModel):
+    series: dict[str, list[MetricPointOut]] = Field(description="Points by key, oldest first.")
+    cursor: int = Field(
+        description="Opaque and increasing: pass it as ?since= to get only newer points."
+    )
+    more: bool = Field(description="The page stopped at `limit`: ask again with ?since=cursor.")
+
+    @classmethod
+    def of(cls, page: SeriesPage) -> MetricsOut:
+        return cls(
+            series={
+                key: [
+                    MetricPointOut(
+                        t=p.at,
+                        step=_whole(p.step),
+                        epoch=_whole(p.epoch),
+                        attempt=p.attempt,
+                        value=p.value,
+                    )
+                    for p in points
+                ]
+                for key, points in page.series.items()
+            },
+            cursor=page.cursor,
+            more=page.more,
+        )
+
+
+def _whole(value: float | None) -> int | float | None:
+    """A counter stored as a float, shown as it was printed when it is whole (epoch 2, not 2.0)."""
+    if value is not None and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
 
 
 class TrainAccepted(JobOut):
@@ -123,7 +206,7 @@ class TrainRequest(BaseModel):
 
     epochs: int = Field(default=5, ge=1, le=100_000)
     batch_size: int = Field(default=32, ge=1, le=1_000_000)
-    learning_rate: float | None = Field(default=None, gt=0, le=100)
+    learning_rate: float | None = Field(default=None, gt=0, le=100, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _extras_are_scalars(self) -> TrainRequest:

@@ -169,7 +169,9 @@ def http_submitter(stack: ExitStack, system: System) -> Submit:
 
     from api.app import create_app  # noqa: PLC0415
 
-    client = stack.enter_context(TestClient(create_app(system.settings, system_=system)))
+    client = stack.enter_context(
+        TestClient(create_app(system.settings, system_=system), base_url="http://127.0.0.1")
+    )
 
     def submit(spec: JobSpec) -> str:
         response = client.post("/jobs", json=spec.model_dump(mode="json", exclude_none=True))

@@ -24,6 +24,7 @@ PG_ADMIN_DSN = os.environ.get(
 )
 TEST_IMAGE = os.environ.get("TRAINYARD_TEST_IMAGE", "trainyard/train:latest")
 FINAL = {"succeeded", "failed", "cancelled"}
+os.environ.setdefault("TRAINYARD_ALLOWED_HOSTS", "testserver,x")  # TestClient's and raw sockets'
 
 
 @pytest.fixture(scope="session")

@@ -97,6 +97,9 @@ class JobRow(Base):
 # The claim order: priority (high first), then oldest, then id — so claiming reads the index
 # in order instead of sorting every queued job.
 Index("ix_jobs_claim", JobRow.status, JobRow.priority.desc(), JobRow.created_at, JobRow.id)
+# One user's jobs: their list (newest first) and their quota counts (queued, GPUs running).
+Index("ix_jobs_owner_created", JobRow.owner, JobRow.created_at)
+Index("ix_jobs_owner_status", JobRow.owner, JobRow.status)
 
 
 class AttemptRow(Base):
@@ -138,6 +141,20 @@ class GpuHoldRow(Base):
     acquired_at: Mapped[datetime]
 
 
+class TokenRow(Base):
+    """API tokens: only the SHA-256 of each is stored; a revoked one keeps its row."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    username: Mapped[str] = mapped_column(String(64))
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
 class AgentRow(Base):
     """Agents register what they can hand out and heartbeat."""
 
@@ -170,3 +187,41 @@ class EventRow(Base):
     attempt: Mapped[int | None] = mapped_column(Integer, default=None)
     actor: Mapped[str] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text, default="")
+
+
+class MetricPointRow(Base):
+    """One value of one training metric, from a JSON line the job printed (agent/core/training.py).
+
+    Series are per job (an attempt that resumes continues the curve); the id only grows, so
+    it is the cursor of incremental reads."""
+
+    __tablename__ = "metric_points"
+    __table_args__ = (
+        Index("ix_metric_points_job_key", "job_id", "key", "id"),
+        Index("ix_metric_points_job", "job_id", "id"),
+        {"sqlite_autoincrement": True},  # never reuse an id: cursors stay monotonic
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    key: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float] = mapped_column(Float)
+    step: Mapped[float | None] = mapped_column(Float, default=None)
+    epoch: Mapped[float | None] = mapped_column(Float, default=None)
+    at: Mapped[datetime]
+
+
+class TrainingRow(Base):
+    """Per job: the last value of each metric key and the progress state (for progress and
+    ETA on every job read without touching the series)."""
+
+    __tablename__ = "job_training"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    latest: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    progress: Mapped[float | None] = mapped_column(Float, default=None)
+    progress_state: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    updated_at: Mapped[datetime]

@@ -9,8 +9,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, delete, func, or_, select, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from agent.core.auth import Quota, QuotaExceeded
 from agent.core.errors import InvalidTransition, JobNotFound, QueueFull, StaleState
 from agent.core.jobs import JobStatus, check_transition
 from agent.core.records import (
@@ -50,11 +52,80 @@ class JobQueue:
 
     # --- submit and read -----------------------------------------------------------------
 
-    def submit(self, new: NewJob, *, max_queued: int, actor: str = "api") -> Job:
+    def submit(
+        self,
+        new: NewJob,
+        *,
+        max_queued: int,
+        actor: str = "api",
+        owner: str | None = None,
+        idempotency_key: str | None = None,
+        quota: Quota | None = None,
+    ) -> Job:
+        job, _created = self.submit_or_get(
+            new,
+            max_queued=max_queued,
+            actor=actor,
+            owner=owner,
+            idempotency_key=idempotency_key,
+            quota=quota,
+        )
+        return job
+
+    def submit_or_get(
+        self,
+        new: NewJob,
+        *,
+        max_queued: int,
+        actor: str = "api",
+        owner: str | None = None,
+        idempotency_key: str | None = None,
+        quota: Quota | None = None,
+    ) -> tuple[Job, bool]:
+        """(the new job, True); or, when `owner` already submitted with `idempotency_key`,
+        (that first job, False). The queue bound and `owner`'s quota are checked under the
+        same lock as the insert, so concurrent submits cannot overshoot them."""
+        try:
+            return self._submit(new, max_queued, actor, owner, idempotency_key, quota)
+        except IntegrityError:
+            # Submits are serialised, so the key was checked before the insert; the unique
+            # constraint on (owner, idempotency_key) is what makes a second job impossible.
+            first = self.find_keyed(owner, idempotency_key) if idempotency_key else None
+            if first is None:
+                raise
+            return first, False
+
+    def find_keyed(self, owner: str | None, idempotency_key: str) -> Job | None:
+        """The job `owner` submitted with this idempotency key, if any."""
+        with self.db.reading() as s:
+            row = s.scalars(
+                select(JobRow).where(
+                    JobRow.owner == owner, JobRow.idempotency_key == idempotency_key
+                )
+            ).first()
+            return None if row is None else self._with_attempts(s, row)
+
+    def _submit(
+        self,
+        new: NewJob,
+        max_queued: int,
+        actor: str,
+        owner: str | None,
+        idempotency_key: str | None,
+        quota: Quota | None,
+    ) -> tuple[Job, bool]:
         now = self.clock()
         with self.db.transaction() as s:
             if not self.db.is_sqlite:  # SQLite's BEGIN IMMEDIATE already serialises writers
                 s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SUBMIT_LOCK_KEY})
+            if idempotency_key is not None:
+                first = s.scalars(
+                    select(JobRow).where(
+                        JobRow.owner == owner, JobRow.idempotency_key == idempotency_key
+                    )
+                ).first()
+                if first is not None:
+                    return self._with_attempts(s, first), False
             queued = s.scalar(
                 select(func.count()).select_from(JobRow).where(JobRow.status == "queued")
             )
@@ -63,8 +134,14 @@ class JobQueue:
                     f"the queue is full: {queued} jobs are queued and the bound is {max_queued} "
                     "(TRAINYARD_MAX_QUEUED); try again when some have started"
                 )
+            if quota is not None and owner is not None:
+                refusal = self._quota_refusal(s, quota, owner, new.gpus)
+                if refusal is not None:
+                    raise QuotaExceeded(refusal)
             row = JobRow(
                 **mapping.new_job_values(new),
+                owner=owner,
+                idempotency_key=idempotency_key,
                 id=new_id(),
                 status=JobStatus.QUEUED.value,
                 attempt_count=0,
@@ -77,25 +154,61 @@ class JobQueue:
             s.flush()  # the job row first: events reference it
             _event(s, row.id, now, "submitted", None, JobStatus.QUEUED, actor, "job submitted")
             notify(s, JOBS_CHANNEL, row.id)
-            return mapping.job(row, [])
+            return mapping.job(row, []), True
 
-    def get(self, job_id: str) -> Job:
+    def _quota_refusal(self, s: Session, quota: Quota, owner: str, gpus: int) -> str | None:
+        queued = s.scalar(
+            select(func.count())
+            .select_from(JobRow)
+            .where(JobRow.owner == owner, JobRow.status == JobStatus.QUEUED.value)
+        )
+        running_gpus: int | None = 0
+        if quota.max_gpus is not None and gpus > 0:
+            running_gpus = s.scalar(
+                select(func.coalesce(func.sum(JobRow.gpus), 0)).where(
+                    JobRow.owner == owner, JobRow.status.in_(ACTIVE)
+                )
+            )
+        return quota.refusal(
+            owner, queued=int(queued or 0), running_gpus=int(running_gpus or 0), gpus=gpus
+        )
+
+    def get(self, job_id: str, *, owner: str | None = None) -> Job:
+        """The job with its attempts. With `owner`, another owner's job is not found either
+        (the same 404 as an unknown id: ids do not leak)."""
         with self.db.reading() as s:
-            row = s.get(JobRow, job_id)
-            if row is None:
-                raise JobNotFound(f"no job has id {job_id!r}")
-            attempts = s.scalars(
-                select(AttemptRow).where(AttemptRow.job_id == job_id).order_by(AttemptRow.number)
-            ).all()
-            return mapping.job(row, attempts)
+            return self._with_attempts(s, _visible_row(s, job_id, owner))
+
+    def _with_attempts(self, s: Session, row: JobRow) -> Job:
+        attempts = s.scalars(
+            select(AttemptRow).where(AttemptRow.job_id == row.id).order_by(AttemptRow.number)
+        ).all()
+        return mapping.job(row, attempts)
+
+    def owned(self, job_ids: Iterable[str], owner: str) -> set[str]:
+        """Of these jobs, those `owner` owns."""
+        ids = list(job_ids)
+        if not ids:
+            return set()
+        with self.db.reading() as s:
+            return set(
+                s.scalars(select(JobRow.id).where(JobRow.id.in_(ids), JobRow.owner == owner))
+            )
 
     def list_jobs(
-        self, *, status: JobStatus | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        status: JobStatus | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        owner: str | None = None,
     ) -> tuple[list[Job], int]:
-        """Newest first."""
+        """Newest first; only `owner`'s jobs when given."""
         where: list[ColumnElement[bool]] = []
         if status is not None:
             where.append(JobRow.status == status.value)
+        if owner is not None:
+            where.append(JobRow.owner == owner)
         with self.db.reading() as s:
             total = s.scalar(select(func.count()).select_from(JobRow).where(*where)) or 0
             rows = s.scalars(
@@ -107,10 +220,9 @@ class JobQueue:
             ).all()
             return [mapping.job(row, []) for row in rows], total
 
-    def events(self, job_id: str) -> list[Event]:
+    def events(self, job_id: str, *, owner: str | None = None) -> list[Event]:
         with self.db.reading() as s:
-            if s.get(JobRow, job_id) is None:
-                raise JobNotFound(f"no job has id {job_id!r}")
+            _visible_row(s, job_id, owner)
             rows = s.scalars(
                 select(EventRow).where(EventRow.job_id == job_id).order_by(EventRow.id)
             ).all()
@@ -150,15 +262,16 @@ class JobQueue:
 
     # --- cancel ----------------------------------------------------------------------------
 
-    def request_cancel(self, job_id: str, actor: str) -> Job:
-        """Cancel a queued job at once; flag an active one for its agent to stop."""
+    def request_cancel(self, job_id: str, actor: str, *, owner: str | None = None) -> Job:
+        """Cancel a queued job at once; flag an active one for its agent to stop. With
+        `owner`, another owner's job is not found."""
         now = self.clock()
         with self.db.transaction() as s:
             query = select(JobRow).where(JobRow.id == job_id)
             if not self.db.is_sqlite:
                 query = query.with_for_update()
             row = s.scalars(query).first()
-            if row is None:
+            if row is None or (owner is not None and row.owner != owner):
                 raise JobNotFound(f"no job has id {job_id!r}")
             status = JobStatus(row.status)
             if status.is_final:
@@ -679,6 +792,13 @@ def _after(result: AttemptResult, retry: RetryDecision | None, *, cancelled: boo
     if result.outcome == "cancelled" or cancelled:
         return JobStatus.CANCELLED
     return JobStatus.FAILED
+
+
+def _visible_row(s: Session, job_id: str, owner: str | None) -> JobRow:
+    row = s.get(JobRow, job_id)
+    if row is None or (owner is not None and row.owner != owner):
+        raise JobNotFound(f"no job has id {job_id!r}")
+    return row
 
 
 def _rowcount(result: Any) -> int:

@@ -99,14 +99,18 @@ class DockerRunner:
             self._client = None
 
     def ping(self) -> str:
-        """The engine's version, or RuntimeUnavailable."""
+        """The engine's version, or RuntimeUnavailable.
+
+        Asks /info, not /version: a dockerd that is shutting down still answers /version for a
+        few seconds after "shutdown complete", and the agent would claim jobs it cannot start.
+        """
         try:
             # The lambda defers `self.client`, so a failed connect is translated too.
-            version = _call("ping", lambda: self.client.version())  # noqa: PLW0108
+            info = _call("ping", lambda: self.client.info())  # noqa: PLW0108
         except RuntimeUnavailable:
             self.close()  # reconnect next time: the engine may have restarted
             raise
-        return str(version.get("Version", "unknown"))
+        return str(info.get("ServerVersion", "unknown"))
 
     def create(self, spec: ContainerSpec) -> str:
         device_requests = (
@@ -127,6 +131,10 @@ class DockerRunner:
                 memswap_limit=spec.memory_bytes,  # swap never above the memory limit
                 nano_cpus=spec.nano_cpus,
                 pids_limit=spec.pids_limit,
+                # Docker's init (tini) as PID 1: it forwards SIGTERM to the command, which as
+                # PID 1 itself would ignore it without a handler (and be killed after the
+                # grace period, losing its chance to save), and it reaps zombie processes.
+                init=True,
                 user=spec.user,
                 network_mode="none",
                 security_opt=["no-new-privileges"],

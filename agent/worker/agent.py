@@ -13,7 +13,6 @@ from typing import Any, TypeVar
 
 from agent.config import Settings
 from agent.core.errors import RuntimeUnavailable, TrainyardError
-from agent.core.jobs import Outcome
 from agent.core.reconcile import container_key, plan
 from agent.core.records import Claim
 from agent.core.retry import RetryPolicy
@@ -253,6 +252,7 @@ class Agent:
             policy=self.policy,
             on_done=self._finished,
             adopt=adopt,
+            on_infra_error=self.engine.suspect,
         )
         thread = threading.Thread(
             target=execution.run, name=f"job-{claim.job.id[:8]}-{claim.attempt}", daemon=True
@@ -266,8 +266,7 @@ class Agent:
         with self._lock:
             self._running.pop((execution.job_id, execution.claim.attempt), None)
             RUNNING_ATTEMPTS.set(len(self._running))
-        result = execution.result
-        if self.engine.error is None and (result is None or result.outcome is Outcome.INFRA_ERROR):
+        if self.engine.error is None and execution.result is None:
             self.engine.check()  # a platform failure may mean the engine is gone
         self._wake.set()
 

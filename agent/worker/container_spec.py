@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from agent.config import Settings
+from agent.core.jobs import RESERVED_ENV_PREFIXES
 from agent.core.records import Claim
 from agent.runtime.base import AGENT_LABEL, ATTEMPT_LABEL, JOB_LABEL, ContainerSpec
 
@@ -17,21 +18,45 @@ def outputs_path(settings: Settings, job_id: str) -> Path:
     return (settings.outputs_dir / job_id).absolute()
 
 
-def container_spec(claim: Claim, settings: Settings) -> ContainerSpec:
+NO_GPUS = "void"
+"""NVIDIA_VISIBLE_DEVICES for a job without GPUs: the NVIDIA container toolkit then exposes no
+GPU and no driver library ("none" would still mount the driver)."""
+DRIVER_CAPABILITIES = "compute,utility"
+"""NVIDIA_DRIVER_CAPABILITIES: CUDA and nvidia-smi, nothing more (no display or video)."""
+
+
+def container_env(claim: Claim) -> dict[str, str]:
+    """The job's env plus what the agent sets, which always wins: TRAINYARD_* and NVIDIA_*.
+
+    The GPU devices are named here from the claim, so neither the job's env (refused at
+    submit, but a job stored before that rule existed may carry it) nor the image's own ENV
+    (CUDA images set NVIDIA_VISIBLE_DEVICES=all) can reach GPUs outside the ledger on a host
+    whose default runtime is nvidia."""
     job, number = claim.job, claim.attempt
-    env = dict(job.env)
+    env = {
+        key: value
+        for key, value in job.env.items()
+        if not key.upper().startswith(RESERVED_ENV_PREFIXES)
+    }
     env.update(
         TRAINYARD_JOB_ID=job.id,
         TRAINYARD_ATTEMPT=str(number),
         TRAINYARD_RESUME="1" if number > 1 else "0",
         TRAINYARD_PARAMS=json.dumps(job.params),
         TRAINYARD_OUTPUT_DIR=OUTPUTS_MOUNT,
+        NVIDIA_VISIBLE_DEVICES=",".join(claim.gpu_ids) or NO_GPUS,
+        NVIDIA_DRIVER_CAPABILITIES=DRIVER_CAPABILITIES,
     )
+    return env
+
+
+def container_spec(claim: Claim, settings: Settings) -> ContainerSpec:
+    job, number = claim.job, claim.attempt
     return ContainerSpec(
         name=f"trainyard-{job.id}-{number}",
         image=job.image,
         command=job.command,
-        env=env,
+        env=container_env(claim),
         labels={JOB_LABEL: job.id, ATTEMPT_LABEL: str(number), AGENT_LABEL: settings.agent_id},
         memory_bytes=job.memory_bytes,
         nano_cpus=int(job.cpus * 1e9),

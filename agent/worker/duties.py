@@ -59,9 +59,18 @@ class EngineWatch:
             return False
         return self.check()
 
-    def failed(self, error: str) -> None:
+    def suspect(self) -> None:
+        """An attempt ended in an infra failure: claim nothing until the engine answers again
+        after `retry_seconds`. A single ping now proves little: a dockerd that is shutting
+        down (and just killed the job) still answers for a moment."""
         with self._lock:
             if self.error is None:
+                self.error = "checking the engine after an infrastructure failure"
+                self._checked = time.monotonic()
+
+    def failed(self, error: str) -> None:
+        with self._lock:
+            if self.error is None or self.error.startswith("checking"):
                 log.error("Docker engine unavailable: %s", error)
             self.error = error
 

@@ -19,6 +19,7 @@ from agent.core.outcomes import SIGKILL_EXIT, SIGTERM_EXIT, ExitReport, classify
 from agent.core.records import AttemptResult, Claim
 from agent.core.retry import RetryPolicy
 from agent.core.units import format_memory
+from agent.db.metrics import MetricStore
 from agent.db.queue import JobQueue
 from agent.joblog import JobLogWriter, job_log_path
 from agent.metrics import ATTEMPT_SECONDS, ATTEMPTS_FINISHED, START_LATENCY_SECONDS
@@ -26,6 +27,7 @@ from agent.runtime.base import ContainerState, Runtime, last_line
 from agent.worker.container_spec import container_spec, outputs_path
 from agent.worker.logpump import LogPump, docker_since
 from agent.worker.supervisor import StopReason, StopRequest, Supervision, Supervisor
+from agent.worker.training_watch import TrainingWatch, max_points_setting
 
 log = logging.getLogger("trainyard.agent")
 
@@ -56,6 +58,7 @@ class AttemptExecution:
         policy: RetryPolicy,
         on_done: Callable[[AttemptExecution], None],
         adopt: Adoption | None = None,
+        on_infra_error: Callable[[], object] | None = None,
     ) -> None:
         self.claim = claim
         self.adopt = adopt
@@ -64,12 +67,14 @@ class AttemptExecution:
         self.runtime = runtime
         self.policy = policy
         self.on_done = on_done
+        self.on_infra_error = on_infra_error
         self._stop_request: StopRequest | None = None
         self._stop_event = threading.Event()
         self.container_id: str | None = None
         self.result: AttemptResult | None = None
         self._cuda_oom = False
         self.detached = False
+        self.training: TrainingWatch | None = None
 
     @property
     def job_id(self) -> str:
@@ -104,7 +109,12 @@ class AttemptExecution:
         except Exception as exc:  # the agent must outlive any one job
             log.exception("job %s attempt %d: unexpected failure", job.id, number)
             result = AttemptResult(Outcome.INFRA_ERROR, f"agent failure: {exc}")
+        self._close_training()  # its last points are stored before the result
         self.result = result
+        if result is not None and result.outcome is Outcome.INFRA_ERROR and self.on_infra_error:
+            # Before the retry can be claimed: is the engine gone? (The agent claims nothing
+            # while it is, instead of burning attempts on a dead engine.)
+            self.on_infra_error()
         stored = not self.detached
         try:
             if result is not None:
@@ -227,13 +237,14 @@ class AttemptExecution:
     def _supervisor(
         self, container_id: str, writer: JobLogWriter, deadline: float | None, since: str | None
     ) -> Supervisor:
+        self.training = self._training_watch(writer)
         pump = LogPump(
             lambda cid, since_: self.runtime.open_logs(cid, since=since_),
             container_id,
             writer,
             since=since,
             attempt=self.claim.attempt,
-            on_lines=self._scan_lines,
+            on_lines=self._on_lines,
             stall_seconds=self.settings.log_stall_seconds,
             engine_rotation_bytes=self.settings.engine_log_max_bytes,
             read_engine_copy=lambda cid, since_: self.runtime.open_logs(
@@ -289,6 +300,29 @@ class AttemptExecution:
             cancelled=stopped_for is StopReason.CANCELLED,
             timed_out=stopped_for is StopReason.TIMEOUT,
         )
+
+    def _on_lines(self, batch: list[RawLine]) -> None:
+        self._scan_lines(batch)
+        if self.training is not None:
+            self.training.on_lines(batch)
+
+    def _training_watch(self, writer: JobLogWriter) -> TrainingWatch:
+        """The attempt's training metrics: JSON lines of its stdout (agent/core/training.py)."""
+        adopted = self.adopt.started_at if self.adopt is not None else None
+        return TrainingWatch(
+            MetricStore(self.queue.db),
+            job_id=self.job_id,
+            attempt=self.claim.attempt,
+            lease_token=self.claim.lease_token,
+            attempt_started=adopted.timestamp() if adopted is not None else time.time(),
+            written=lambda: writer.container_lines_written,
+            max_points=max_points_setting(),
+            note=lambda message: writer.agent(message, attempt=self.claim.attempt),
+        )
+
+    def _close_training(self) -> None:
+        if self.training is not None:
+            self.training.close()
 
     def _scan_lines(self, batch: list[RawLine]) -> None:
         if not self._cuda_oom and has_cuda_oom(b"\n".join(text for _, _, text in batch)):

@@ -8,56 +8,105 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
+from agent.core.auth import User
 from agent.core.jobs import JobSpec, JobStatus
 from agent.core.records import Event
 from agent.service import TrainyardService
+from api.auth import UserDep
 from api.deps import ServiceDep
 from api.schemas import JobOut, JobPage
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
-JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="A job id (32 hex digits).")]
+# The lengths too, so that no regex engine's `$` (Python's matches before a final newline)
+# lets a 33rd character through.
+JobId = Annotated[
+    str,
+    Path(
+        pattern=r"^[0-9a-f]{32}$",
+        min_length=32,
+        max_length=32,
+        description="A job id (32 hex digits).",
+    ),
+]
+MAX_PAGE = 500
+"""Most jobs one page lists."""
+MAX_OFFSET = 10_000_000
+"""Furthest a page may start: keeps OFFSET inside every database's integer range."""
+MAX_IDEMPOTENCY_KEY = 128
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=MAX_IDEMPOTENCY_KEY,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Send a submission again with the same key (yours alone; at most "
+        f"{MAX_IDEMPOTENCY_KEY} visible ASCII characters) and you get the first job back "
+        "(200), never a second one.",
+    ),
+]
+
+
+def submitted(response: Response, job_id: str, *, created: bool) -> None:
+    """201 and Location for a new job; 200 for the first job of a repeated Idempotency-Key."""
+    response.headers["Location"] = f"/jobs/{job_id}"
+    if not created:
+        response.status_code = status.HTTP_200_OK
+        response.headers["Idempotent-Replayed"] = "true"
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobOut)
-def submit_job(spec: JobSpec, service: ServiceDep, response: Response) -> JobOut:
-    """Queue a training job. 429 when the queue is at its bound."""
-    job = service.submit(spec)
-    response.headers["Location"] = f"/jobs/{job.id}"
+def submit_job(
+    spec: JobSpec,
+    service: ServiceDep,
+    user: UserDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> JobOut:
+    """Queue a training job (yours). 429 when the queue is at its bound or you at a quota
+    (TRAINYARD_QUOTA_QUEUED, TRAINYARD_QUOTA_GPUS). `env` values come back as `***`."""
+    job, created = service.submit_or_get(spec, user=user, idempotency_key=idempotency_key)
+    submitted(response, job.id, created=created)
     return JobOut.of(job)
 
 
 @router.get("", response_model=JobPage)
 def list_jobs(
     service: ServiceDep,
+    user: UserDep,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"1 to {MAX_PAGE}.")] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description=f"0 to {MAX_OFFSET}.")] = 0,
 ) -> JobPage:
-    """Jobs, newest first."""
-    jobs, total = service.list_jobs(status=status_filter, limit=limit, offset=offset)
+    """Your jobs (an admin's: everyone's), newest first."""
+    jobs, total = service.list_jobs(status=status_filter, limit=limit, offset=offset, user=user)
     reasons = service.unschedulable_reasons(jobs)
-    items = [JobOut.of(j, unschedulable=reasons.get(j.id)) for j in jobs]
+    training = service.training(j.id for j in jobs)  # one query for the page
+    items = [
+        JobOut.of(j, unschedulable=reasons.get(j.id), training=training.get(j.id)) for j in jobs
+    ]
     return JobPage(items=items, total=total, limit=limit, offset=offset)
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: JobId, service: ServiceDep) -> JobOut:
-    job = service.get(job_id)
+def get_job(job_id: JobId, service: ServiceDep, user: UserDep) -> JobOut:
+    job = service.get(job_id, user=user)
     reason = service.unschedulable_reasons([job]).get(job.id)
-    return JobOut.of(job, with_attempts=True, unschedulable=reason)
+    training = service.training([job.id]).get(job.id)
+    return JobOut.of(job, with_attempts=True, unschedulable=reason, training=training)
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
-def cancel_job(job_id: JobId, service: ServiceDep) -> JobOut:
+def cancel_job(job_id: JobId, service: ServiceDep, user: UserDep) -> JobOut:
     """Cancel a queued job at once; stop a running one's container (SIGTERM, then SIGKILL)."""
-    return JobOut.of(service.cancel(job_id, actor="api"), with_attempts=True)
+    return JobOut.of(service.cancel(job_id, user=user), with_attempts=True)
 
 
 @router.get("/{job_id}/events", response_model=list[Event])
-def job_events(job_id: JobId, service: ServiceDep) -> list[Event]:
+def job_events(job_id: JobId, service: ServiceDep, user: UserDep) -> list[Event]:
     """The job's audit trail: every state change, who made it and why."""
-    return service.events(job_id)  # the records are the response (no second field list)
+    return service.events(job_id, user=user)  # the records are the response (no field list)
 
 
 @router.get(
@@ -68,6 +117,7 @@ def job_events(job_id: JobId, service: ServiceDep) -> list[Event]:
 def job_logs(
     job_id: JobId,
     service: ServiceDep,
+    user: UserDep,
     tail: Annotated[int, Query(ge=1, le=100_000, description="How many last lines.")] = 100,
     follow: Annotated[
         bool, Query(description="Keep streaming new lines until the job ends.")
@@ -88,11 +138,11 @@ def job_logs(
     that reconnects with `Last-Event-ID` continues exactly where it stopped, across rotation;
     a last `end` event carries the job's status."""
     if follow and "text/event-stream" in accept:
-        return _sse_logs(service, job_id, tail, last_event_id)
+        return _sse_logs(service, job_id, tail, last_event_id, user)
     if not follow:
-        lines = service.log_tail(job_id, tail)
+        lines = service.log_tail(job_id, tail, user=user)
         return PlainTextResponse("".join(f"{line}\n" for line in lines))
-    lines_iter = service.log_follow(job_id, from_lines=tail)
+    lines_iter = service.log_follow(job_id, from_lines=tail, user=user)
 
     def body() -> Iterator[str]:
         for line in lines_iter:
@@ -105,10 +155,14 @@ SSE_HEARTBEAT_SECONDS = 15.0
 
 
 def _sse_logs(
-    service: TrainyardService, job_id: str, tail: int, last_event_id: str | None
+    service: TrainyardService,
+    job_id: str,
+    tail: int,
+    last_event_id: str | None,
+    user: User | None = None,
 ) -> StreamingResponse:
     items = service.log_follow_positioned(
-        job_id, from_lines=tail, after=last_event_id, heartbeat=SSE_HEARTBEAT_SECONDS
+        job_id, from_lines=tail, after=last_event_id, heartbeat=SSE_HEARTBEAT_SECONDS, user=user
     )
 
     def events() -> Iterator[str]:

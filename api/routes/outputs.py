@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from agent.jobfiles import OutputFile
+from api.auth import UserDep
 from api.deps import ServiceDep
 
 router = APIRouter(prefix="/jobs", tags=["outputs"])
@@ -25,9 +26,9 @@ class OutputsOut(BaseModel):
 
 
 @router.get("/{job_id}/outputs", response_model=OutputsOut)
-def list_outputs(job_id: JobId, service: ServiceDep) -> OutputsOut:
+def list_outputs(job_id: JobId, service: ServiceDep, user: UserDep) -> OutputsOut:
     """The files the job wrote under `/outputs` (checkpoints, results): name, size, modified."""
-    listing = service.outputs(job_id)
+    listing = service.outputs(job_id, user=user)
     return OutputsOut(files=listing.files, truncated=listing.truncated)
 
 
@@ -40,10 +41,11 @@ def download_output(
     job_id: JobId,
     path: str,
     service: ServiceDep,
+    user: UserDep,
     range_: Annotated[str | None, Header(alias="range", max_length=200)] = None,
 ) -> Response:
     """One output file, streamed; `Range` is supported. Paths cannot leave the job's directory."""
-    found = service.output(job_id, path)
+    found = service.output(job_id, path, user=user)
     if isinstance(found, Path):
         return FileResponse(found, filename=found.name)
     client = found

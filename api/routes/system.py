@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agent.metrics import REGISTRY
+from api.auth import UserDep
 from api.deps import ServiceDep, SettingsDep
 from api.schemas import AgentOut, HealthOut, StatsOut
 
@@ -14,17 +15,19 @@ router = APIRouter(tags=["system"])
 
 
 @router.get("/stats", response_model=StatsOut)
-def stats(service: ServiceDep, settings: SettingsDep) -> StatsOut:
-    """Jobs by status, success rate, mean queue wait and run time."""
+def stats(service: ServiceDep, settings: SettingsDep, _user: UserDep) -> StatsOut:
+    """Jobs by status, success rate, mean queue wait and run time (of every user's jobs:
+    counts only, no job ids)."""
     return StatsOut.of(service.stats(), settings.max_queued)
 
 
 @router.get("/agents", response_model=list[AgentOut])
-def agents(service: ServiceDep) -> list[AgentOut]:
-    """Every registered agent: GPUs free and held (by which job), memory, running jobs,
-    last heartbeat. `alive` is false once heartbeats stop."""
+def agents(service: ServiceDep, user: UserDep) -> list[AgentOut]:
+    """Every registered agent: GPUs free and held (by which job; another user's job shows
+    as "(hidden)" to a non-admin), memory, running jobs, last heartbeat. `alive` is false
+    once heartbeats stop."""
     live = {a.id for a in service.live_agents()}
-    return [AgentOut.of(a, alive=a.id in live) for a in service.agents()]
+    return [AgentOut.of(a, alive=a.id in live) for a in service.agents(user=user)]
 
 
 @router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})

@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Response, status
 
 from agent.core.jobs import JobSpec
+from api.auth import UserDep
 from api.deps import ServiceDep
-from api.routes.jobs import JobId
+from api.routes.jobs import IdempotencyKey, JobId, submitted
 from api.schemas import JobOut, TrainAccepted, TrainRequest
 
 router = APIRouter(prefix="/train", tags=["train (original API)"])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=TrainAccepted)
-def train(request: TrainRequest, service: ServiceDep) -> TrainAccepted:
+def train(
+    request: TrainRequest,
+    service: ServiceDep,
+    user: UserDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> TrainAccepted:
     """Queue a job on the default training image with these hyper-parameters."""
-    job = service.submit(JobSpec(params=request.params()))
+    job, created = service.submit_or_get(
+        JobSpec(params=request.params()), user=user, idempotency_key=idempotency_key
+    )
+    submitted(response, job.id, created=created)
     return TrainAccepted(**JobOut.of(job).model_dump(), task_id=job.id)
 
 
 @router.get("/{task_id}", response_model=JobOut)
-def train_status(task_id: JobId, service: ServiceDep) -> JobOut:
+def train_status(task_id: JobId, service: ServiceDep, user: UserDep) -> JobOut:
     """Same as GET /jobs/{id}."""
-    return JobOut.of(service.get(task_id), with_attempts=True)
+    return JobOut.of(service.get(task_id, user=user), with_attempts=True)

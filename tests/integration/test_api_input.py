@@ -48,9 +48,14 @@ def test_bad_job_fields_get_422_naming_the_field(
     response = api_only.client.post("/jobs", json=body)
     assert response.status_code == 422, response.text
     payload = response.json()
+    # FastAPI's published shape ({"detail": [{"loc", "msg", "type"}]}) plus `field`/`message`.
     assert [e["field"] for e in payload["detail"]] == [field]
-    assert words in payload["detail"][0]["message"]
+    [error] = payload["detail"]
+    assert error["loc"] == ["body", *field.split(".")]
+    assert isinstance(error["type"], str) and error["type"]
+    assert words in error["msg"]
     assert payload["message"].startswith(f"{field}: ")
+    assert words in payload["message"]
     assert api_only.client.get("/jobs").json()["total"] == 0
 
 
@@ -58,6 +63,7 @@ def test_bad_train_request_gets_422(api_only: Harness) -> None:
     response = api_only.client.post("/train", json={"epochs": 0})
     assert response.status_code == 422
     assert response.json()["detail"][0]["field"] == "epochs"
+    assert response.json()["detail"][0]["loc"] == ["body", "epochs"]
     response = api_only.client.post("/train", json={"epochs": 2, "layers": [1, 2]})
     assert response.status_code == 422
     assert "POST /jobs with 'params'" in response.json()["message"]
@@ -112,15 +118,30 @@ def test_a_job_bigger_than_the_agent_is_refused_at_submit(
     h = start_harness(make_settings(database_url=sqlite_url))
     response = h.client.post("/jobs", json={"resources": {"gpus": 1, "cpus": 64}})
     assert response.status_code == 422
-    detail = response.json()["detail"]
-    assert "resources.cpus 64 is more than any agent's (largest: 2)" in detail
-    assert "resources.gpus 1 is more than any agent has (largest: 0)" in detail
-    response = h.client.post("/jobs", json={"resources": {"memory": "100t"}})
+    body = response.json()
+    # The same shape as any 422: one item per problem, located at its field.
+    assert body["detail"] == [
+        {
+            "loc": ["body", "resources", "cpus"],
+            "msg": "resources.cpus 64 is more than any agent's (largest: 2)",
+            "type": "value_error",
+            "field": "resources.cpus",
+        },
+        {
+            "loc": ["body", "resources", "gpus"],
+            "msg": "resources.gpus 1 is more than any agent has (largest: 0)",
+            "type": "value_error",
+            "field": "resources.gpus",
+        },
+    ]
+    assert "resources.cpus 64 is more than any agent's (largest: 2)" in body["message"]
+    assert "resources.gpus 1 is more than any agent has (largest: 0)" in body["message"]
+    response = h.client.post("/jobs", json={"resources": {"memory": "60t"}})
     assert response.status_code == 422
-    assert (
-        "resources.memory 100t is more than any agent offers (largest: "
-        in (response.json()["detail"])
-    )
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "resources", "memory"]
+    assert error["type"] == "value_error"
+    assert error["msg"].startswith("resources.memory 60t is more than any agent offers (largest: ")
     assert h.client.get("/jobs").json()["total"] == 0
 
 

@@ -80,7 +80,7 @@ def test_random_gpu_jobs_never_share_a_device_and_all_drain(
         visible = [
             ln.split("visible=")[1] for ln in h.logs(job["id"]).splitlines() if "visible=" in ln
         ]
-        assert visible == [",".join(ids)]  # the container saw exactly its ids
+        assert visible == [",".join(ids) or "void"]  # the container saw exactly its ids
     h.wait_no_containers()
     [agent] = [a for a in h.client.get("/agents").json() if a["id"] == h.agent_id]
     assert agent["gpus"]["held"] == {}

@@ -269,6 +269,7 @@ def test_an_outage_during_a_run_is_an_infra_error_and_cleaned_up_after(env: Env)
     # The attempt is recorded as lost with the engine (its container cannot be removed yet),
     # and the agent, checking the engine after an infra_error, stops claiming.
     wait_until(lambda: agent.engine.error is not None, "the outage noticed")
+    wait_until(lambda: env.job(job.id).attempts[0].outcome is not None, "the attempt recorded")
     lost = env.job(job.id).attempts[0]
     assert lost.outcome == "infra_error" and "unreachable" in (lost.reason or "")
     assert first in env.runtime.containers

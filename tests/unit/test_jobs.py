@@ -374,7 +374,7 @@ def test_memory_accepted(memory: str, normalised: str) -> None:
     assert Resources(memory=memory).memory == normalised
 
 
-@pytest.mark.parametrize(("cpus", "gpus"), [(0.001, 0), (1024, 64), (1, 0), (0.5, 1)], ids=str)
+@pytest.mark.parametrize(("cpus", "gpus"), [(0.01, 0), (1024, 64), (1, 0), (0.5, 1)], ids=str)
 def test_resource_boundaries_accepted(cpus: float, gpus: int) -> None:
     resources = Resources(cpus=cpus, gpus=gpus)
     assert (resources.cpus, resources.gpus) == (cpus, gpus)

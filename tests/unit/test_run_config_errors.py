@@ -24,7 +24,11 @@ RUN_PY = Path(__file__).resolve().parents[2] / "run.py"
 def test_configuration_errors_are_one_line(env: dict[str, str], words: str, tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(RUN_PY), "api"],
-        env={**os.environ, "TRAINYARD_DATA_DIR": str(tmp_path), **env},
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("TRAINYARD_")},
+            "TRAINYARD_DATA_DIR": str(tmp_path),
+            **env,
+        },
         capture_output=True,
         text=True,
         timeout=60,
