@@ -8,7 +8,7 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 import uvicorn
@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agent.config import Settings
 from agent.core.errors import TrainyardError
+from agent.jobfiles import OutputListing
 from agent.metrics import REGISTRY
 from agent.remote import INTERNAL_PREFIX
 from agent.service import TrainyardService
@@ -27,7 +28,7 @@ log = logging.getLogger("trainyard.agent")
 HEARTBEAT_SECONDS = 15.0
 
 
-def endpoint_app(settings: Settings, service: TrainyardService) -> FastAPI:
+def _authorizer(settings: Settings) -> Callable[..., None]:
     assert settings.agent_secret is not None
     secret = settings.agent_secret.get_secret_value().encode()
 
@@ -36,6 +37,21 @@ def endpoint_app(settings: Settings, service: TrainyardService) -> FastAPI:
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), secret):
             raise HTTPException(401, "this endpoint serves the Trainyard API only")
 
+    return authorized
+
+
+def _listing(listing: OutputListing | None) -> dict[str, Any]:
+    files = listing.files if listing else []
+    return {
+        "files": [
+            {"path": f.path, "size": f.size, "modified": f.modified.isoformat()} for f in files
+        ],
+        "truncated": bool(listing and listing.truncated),
+    }
+
+
+def endpoint_app(settings: Settings, service: TrainyardService) -> FastAPI:
+    authorized = _authorizer(settings)
     app = FastAPI(title="Trainyard agent endpoint", docs_url=None, redoc_url=None, openapi_url=None)
     files = APIRouter(prefix=INTERNAL_PREFIX, dependencies=[Depends(authorized)])
 
@@ -71,16 +87,8 @@ def endpoint_app(settings: Settings, service: TrainyardService) -> FastAPI:
 
     @files.get("/jobs/{job_id}/outputs")
     def outputs(job_id: str) -> dict[str, Any]:
-        listing = (
-            service.files.outputs(_checked(job_id)) if service.files.has_outputs(job_id) else None
-        )
-        files = listing.files if listing else []
-        return {
-            "files": [
-                {"path": f.path, "size": f.size, "modified": f.modified.isoformat()} for f in files
-            ],
-            "truncated": bool(listing and listing.truncated),
-        }
+        here = service.files.has_outputs(_checked(job_id))
+        return _listing(service.files.outputs(job_id) if here else None)
 
     @files.get("/jobs/{job_id}/outputs/{path:path}")
     def output(job_id: str, path: str) -> FileResponse:

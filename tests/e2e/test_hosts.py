@@ -7,40 +7,17 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import reset_postgres
-from tests.e2e.conftest import Proc, agent_env
+from tests.e2e.conftest import Proc, agent_env, free_port, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.postgres]
 
 SECRET = "s3cret-shared-between-api-and-agents"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait(predicate: Callable[[], Any], timeout: float = 90, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except httpx.TransportError:
-            value = None
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_logs_and_outputs_of_jobs_on_two_hosts_come_back_through_the_api(
@@ -48,7 +25,7 @@ def test_logs_and_outputs_of_jobs_on_two_hosts_come_back_through_the_api(
 ) -> None:
     reset_postgres(pg_database)
     common = {"TRAINYARD_DATABASE_URL": pg_database, "TRAINYARD_AGENT_SECRET": SECRET}
-    api_port = _free_port()
+    api_port = free_port()
     api_home = tmp_path / "api-host"
     api_home.mkdir()
     procs.append(
@@ -62,7 +39,7 @@ def test_logs_and_outputs_of_jobs_on_two_hosts_come_back_through_the_api(
     for name in ("host-a", "host-b"):
         home = tmp_path / name
         home.mkdir()
-        port = _free_port()
+        port = free_port()
         env = agent_env(
             home,
             f"test-{name}-{api_port}",
@@ -74,14 +51,14 @@ def test_logs_and_outputs_of_jobs_on_two_hosts_come_back_through_the_api(
         procs.append(Proc(["agent"], env, home / "agent.log"))
         agents[env["TRAINYARD_AGENT_ID"]] = (home, port)
     base = f"http://127.0.0.1:{api_port}"
-    _wait(lambda: len(httpx.get(f"{base}/agents").json()) == 2, what="both agents")
+    wait_for(lambda: len(httpx.get(f"{base}/agents").json()) == 2, what="both agents")
 
     jobs = [
         httpx.post(f"{base}/jobs", json={"params": {"epochs": 3, "epoch_seconds": 1}}).json()
         for _ in range(2)
     ]
     running = [
-        _wait(
+        wait_for(
             lambda j=j: (
                 (x := httpx.get(f"{base}/jobs/{j['id']}").json())["status"] == "running" and x
             ),
@@ -106,7 +83,7 @@ def test_logs_and_outputs_of_jobs_on_two_hosts_come_back_through_the_api(
     assert streamed[-1].endswith("removed")
 
     for job in jobs:
-        done = _wait(
+        done = wait_for(
             lambda j=job: (
                 (x := httpx.get(f"{base}/jobs/{j['id']}").json())["status"] == "succeeded" and x
             ),

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import signal
-import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import docker
 import httpx
@@ -15,44 +12,25 @@ import pytest
 
 from agent.config import Settings
 from tests.conftest import Harness
-from tests.e2e.conftest import Proc, agent_env
+from tests.e2e.conftest import Proc, agent_env, free_port, wait_for
 
 pytestmark = pytest.mark.docker
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except httpx.TransportError:
-            value = None
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_run_py_serves_the_original_train_call_over_http(tmp_path: Path, procs: list[Proc]) -> None:
-    port = _free_port()
+    port = free_port()
     agent_id = f"test-e2e-{port}"
     proc = Proc(
         [], agent_env(tmp_path, agent_id, TRAINYARD_PORT=str(port)), tmp_path / "server.log"
     )
     procs.append(proc)
     base = f"http://127.0.0.1:{port}"
-    _wait(lambda: httpx.get(f"{base}/health").status_code == 200, what="the service")
+    wait_for(lambda: httpx.get(f"{base}/health").status_code == 200, what="the service")
 
     accepted = httpx.post(f"{base}/train", json={"epochs": 3, "batch_size": 16})
     assert accepted.status_code == 201
     job_id = accepted.json()["id"]
-    job = _wait(
+    job = wait_for(
         lambda: (j := httpx.get(f"{base}/jobs/{job_id}").json())["status"] == "succeeded" and j,
         what="the job to succeed",
     )
@@ -68,7 +46,7 @@ def test_run_py_serves_the_original_train_call_over_http(tmp_path: Path, procs: 
         [], agent_env(tmp_path, agent_id, TRAINYARD_PORT=str(port)), tmp_path / "server.log"
     )
     procs.append(proc2)
-    _wait(lambda: httpx.get(f"{base}/health").status_code == 200, what="the restart")
+    wait_for(lambda: httpx.get(f"{base}/health").status_code == 200, what="the restart")
     assert httpx.get(f"{base}/jobs/{job_id}").json()["status"] == "succeeded"
     _stop_cleanly(proc2)
 

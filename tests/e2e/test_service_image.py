@@ -13,12 +13,10 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ import httpx
 import pytest
 
 from tests.conftest import FINAL, reset_postgres
+from tests.e2e.conftest import free_port, wait_for
 
 SECRET = "a-secret-shared-by-api-and-agents"
 
@@ -62,25 +61,6 @@ def host_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait(predicate: Callable[[], Any], what: str, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except httpx.TransportError:
-            value = None
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def _container_logs(container: Any) -> str:
     try:
         text: str = container.logs(tail=60).decode(errors="replace")
@@ -97,7 +77,7 @@ def test_service_image_runs_api_and_agent_on_the_host_engine(
 ) -> None:
     reset_postgres(pg_database)
     agent_id = f"test-svc-{uuid.uuid4().hex[:8]}"
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     data_dir, log_dir = host_dir / "data", host_dir / "logs"
     # What the compose file's `migrate` step does as root before the API starts: the API's
@@ -139,7 +119,7 @@ def test_service_image_runs_api_and_agent_on_the_host_engine(
                 "TRAINYARD_AGENT_ID": agent_id,
                 "TRAINYARD_GPUS": "none",
                 "TRAINYARD_MAX_CONCURRENT_JOBS": "1",
-                "TRAINYARD_AGENT_LISTEN": f"127.0.0.1:{_free_port()}",
+                "TRAINYARD_AGENT_LISTEN": f"127.0.0.1:{free_port()}",
             },
             volumes={
                 "/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
@@ -154,12 +134,12 @@ def test_service_image_runs_api_and_agent_on_the_host_engine(
                 f"\n--- {c.name} ---\n{_container_logs(c)}" for c in started if c is not None
             )
 
-        health = _wait(
+        health = wait_for(
             lambda: (r := httpx.get(f"{base}/health", timeout=5)).status_code == 200 and r,
             f"/health of the API container{diagnostics()}",
         )
         assert health.json()["checks"]["database"]["dialect"] == "postgresql"
-        _wait(
+        wait_for(
             lambda: any(
                 a["id"] == agent_id and a["alive"]
                 for a in httpx.get(f"{base}/agents", timeout=5).json()
@@ -176,12 +156,12 @@ def test_service_image_runs_api_and_agent_on_the_host_engine(
             status: str = api.attrs["State"]["Health"]["Status"]
             return status
 
-        _wait(lambda: health_status() == "healthy", "the HEALTHCHECK to report healthy", 30)
+        wait_for(lambda: health_status() == "healthy", "the HEALTHCHECK to report healthy", 30)
 
         accepted = httpx.post(f"{base}/jobs", json={"params": {"epochs": 2}}, timeout=10)
         assert accepted.status_code == 201, accepted.text
         job_id = accepted.json()["id"]
-        job = _wait(
+        job = wait_for(
             lambda: (
                 (j := httpx.get(f"{base}/jobs/{job_id}", timeout=5).json())["status"] in FINAL and j
             ),
@@ -211,7 +191,7 @@ def test_service_image_runs_api_and_agent_on_the_host_engine(
         assert result.json() == json.loads((outputs_dir / "result.json").read_text())
 
         # The agent removes the job's container itself.
-        _wait(
+        wait_for(
             lambda: (
                 not docker_client.api.containers(
                     all=True, filters={"label": f"trainyard.agent={agent_id}"}
