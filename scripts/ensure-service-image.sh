@@ -114,6 +114,8 @@ check_compose_files() {
             TRAINYARD_DB_PASSWORD="${TRAINYARD_DB_PASSWORD:-placeholder}" \
             TRAINYARD_DB_HOST="${TRAINYARD_DB_HOST:-db.example}" \
             TRAINYARD_AGENT_ID="${TRAINYARD_AGENT_ID:-placeholder}" \
+            TRAINYARD_AGENT_SECRET="${TRAINYARD_AGENT_SECRET:-placeholder-secret-0123}" \
+            TRAINYARD_AGENT_ADDRESS="${TRAINYARD_AGENT_ADDRESS:-10.0.0.2}" \
             docker-compose -f "$file" config -q 2>&1)"; then
             printf '%s\n' "$out" >&2
             ty_die "$file is not a valid compose file (docker-compose config, output above)"

@@ -52,13 +52,23 @@ class ExitReport:
     timed_out: bool = False
 
 
+def how_it_stopped(code: int) -> str:
+    """Whether a stopped process ended on SIGTERM or had to be killed after the grace period
+    (with an init process as PID 1, an unhandled SIGTERM ends the process at once)."""
+    if code == SIGTERM_EXIT:
+        return "the process exited on SIGTERM"
+    if code == SIGKILL_EXIT:
+        return "the process did not exit on SIGTERM and was killed (SIGKILL) after the grace period"
+    return f"the process exited with code {code} after SIGTERM"
+
+
 def classify(report: ExitReport, *, memory_limit: str) -> tuple[Outcome, str]:
     """The attempt's outcome and a sentence for people."""
     code = report.exit_code
     if report.cancelled:
-        return Outcome.CANCELLED, "cancelled"
+        return Outcome.CANCELLED, f"cancelled: {how_it_stopped(code)}"
     if report.timed_out:
-        return Outcome.TIMEOUT, "ran past its timeout and was stopped"
+        return Outcome.TIMEOUT, f"ran past its timeout and was stopped: {how_it_stopped(code)}"
     # OOMKilled is not always set (cgroup v2, a child process killed): exit 137 with the
     # engine's own OOM event is the same thing.
     if report.oom_killed or (code == SIGKILL_EXIT and report.oom_event):

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from agent.core.jobs import RETRYABLE_ON_REQUEST, Outcome
 from agent.core.records import Job
 
-RETRYABLE_BY_DEFAULT = frozenset({Outcome.USER_ERROR, Outcome.CUDA_OOM})
+# cuda_oom is not: the same batch size fails again. A job that opts in (retry_on) gets
+# TRAINYARD_LAST_OUTCOME=cuda_oom on its next attempt, to react (e.g. halve its batch).
+RETRYABLE_BY_DEFAULT = frozenset({Outcome.USER_ERROR})
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,8 @@ def container_env(claim: Claim) -> dict[str, str]:
         TRAINYARD_JOB_ID=job.id,
         TRAINYARD_ATTEMPT=str(number),
         TRAINYARD_RESUME="1" if number > 1 else "0",
+        # How the previous attempt ended (empty on the first), so a script can adapt.
+        TRAINYARD_LAST_OUTCOME=(job.outcome or "") if number > 1 else "",
         TRAINYARD_PARAMS=json.dumps(job.params),
         TRAINYARD_OUTPUT_DIR=OUTPUTS_MOUNT,
         NVIDIA_VISIBLE_DEVICES=",".join(claim.gpu_ids) or NO_GPUS,

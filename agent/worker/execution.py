@@ -41,6 +41,20 @@ class Adoption:
     started_at: datetime | None  # when the attempt started running, if it did
 
 
+EXPLAINED_BY_STDERR = frozenset(
+    {Outcome.USER_ERROR, Outcome.CUDA_OOM, Outcome.CONFIG_ERROR, Outcome.OOM}
+)
+STDERR_EXCERPT_CHARS = 800
+
+
+def stderr_excerpt(lines: tuple[str, ...]) -> str:
+    """The last stderr lines, joined and bounded (the end is what explains a crash)."""
+    text = " | ".join(line.strip() for line in lines if line.strip())
+    if len(text) > STDERR_EXCERPT_CHARS:
+        text = "…" + text[-STDERR_EXCERPT_CHARS:]
+    return text
+
+
 class Detached(Exception):
     """The agent left the container running for its successor: nothing to record or remove."""
 
@@ -224,6 +238,8 @@ class AttemptExecution:
         outcome, reason = classify(report, memory_limit=format_memory(self.claim.job.memory_bytes))
         if report.engine_error:
             reason = f"{reason} ({report.engine_error})"
+        if outcome in EXPLAINED_BY_STDERR and supervision.last_stderr:
+            reason = f"{reason}; last stderr: {stderr_excerpt(supervision.last_stderr)}"
         if not supervision.drain.complete:
             reason = f"{reason}; {supervision.drain.detail}"
         return AttemptResult(outcome, reason, report.exit_code, report.oom_killed)

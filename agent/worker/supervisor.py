@@ -42,6 +42,7 @@ class Supervision:
     stopped_for: StopReason | None
     failure: Exception | None  # waiting for the container failed
     drain: DrainReport
+    last_stderr: tuple[str, ...] = ()  # the container's last stderr lines, for the reason
 
 
 _ANNOUNCE = {
@@ -96,7 +97,8 @@ class Supervisor:
                 self._stop()
         # The attempt is not over until the engine has delivered every line it holds.
         drain = self._pump.finish()
-        return Supervision(self._exit_code, stopped_for, self._failure, drain)
+        last = tuple(self._pump.last_stderr)
+        return Supervision(self._exit_code, stopped_for, self._failure, drain, last)
 
     def _check_stop(self) -> StopReason | None:
         request = self._stop_request()

@@ -24,6 +24,7 @@ from agent.db.queue import JobQueue
 from agent.joblog import job_log_path, parse_line
 from agent.runtime.base import ContainerSpec, ContainerState
 from agent.runtime.fake import Behaviour, FakeRuntime
+from agent.worker.container_spec import container_spec
 from agent.worker.execution import AttemptExecution
 from agent.worker.supervisor import StopReason
 from tests.unit.jobs_for_tests import new_job
@@ -172,6 +173,36 @@ def test_a_non_zero_exit_is_a_user_error_retried_per_max_retries(env: Env) -> No
     assert "retry in" in env.agent_text(job.id)
     assert env.container_output(job.id) == [("stderr", "Traceback: boom")]
     env.assert_clean()
+
+
+def test_a_failed_attempt_says_why_with_its_last_stderr_lines(env: Env) -> None:
+    output = [("stdout", "epoch 1"), *(("stderr", f"trace {i}") for i in range(8))]
+    output.append(("stderr", "ValueError: batch_size must be positive"))
+    script(env, Behaviour(output=output, exit_code=1))
+
+    _, job = env.run(max_retries=0)
+
+    assert job.reason is not None
+    assert job.reason.startswith("exit code 1; last stderr: ")
+    assert job.reason.endswith("trace 7 | ValueError: batch_size must be positive")
+    assert "trace 3" not in job.reason  # the last few lines only
+    assert "epoch 1" not in job.reason  # stderr, not stdout
+    assert job.attempts[0].reason == job.reason
+
+
+def test_a_cuda_oom_is_not_retried_unless_the_job_opts_in_and_then_it_is_told(
+    env: Env,
+) -> None:
+    script(env, Behaviour(output=[("stderr", "RuntimeError: CUDA out of memory.")], exit_code=1))
+    _, job = env.run(max_retries=3)
+    assert (job.status, job.outcome) == (JobStatus.FAILED, "cuda_oom")
+
+    _, job = env.run(max_retries=3, retry_on=["cuda_oom"])
+    assert (job.status, job.outcome) == (JobStatus.QUEUED, "cuda_oom")  # retry scheduled
+    retry = env.queue.get(job.id)
+    spec = container_spec(Claim(retry, 2, "token", (), env.agent_id), env.settings)
+    assert spec.env["TRAINYARD_LAST_OUTCOME"] == "cuda_oom"
+    assert spec.env["TRAINYARD_RESUME"] == "1"
 
 
 def test_a_non_zero_exit_with_no_retries_left_fails_the_job(env: Env) -> None:

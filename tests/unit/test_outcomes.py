@@ -32,8 +32,27 @@ CONFIG_REASON = "the command could not run in the image; check the job's command
             "killed for exceeding its memory limit of 2g; "
             "ask for more memory (resources.memory) or use less",
         ),
-        (ExitReport(143, timed_out=True), Outcome.TIMEOUT, "ran past its timeout and was stopped"),
-        (ExitReport(143, cancelled=True), Outcome.CANCELLED, "cancelled"),
+        (
+            ExitReport(143, timed_out=True),
+            Outcome.TIMEOUT,
+            "ran past its timeout and was stopped: the process exited on SIGTERM",
+        ),
+        (
+            ExitReport(143, cancelled=True),
+            Outcome.CANCELLED,
+            "cancelled: the process exited on SIGTERM",
+        ),
+        (
+            ExitReport(137, cancelled=True),
+            Outcome.CANCELLED,
+            "cancelled: the process did not exit on SIGTERM and was killed (SIGKILL) after the "
+            "grace period",
+        ),
+        (
+            ExitReport(0, timed_out=True),
+            Outcome.TIMEOUT,
+            "ran past its timeout and was stopped: the process exited with code 0 after SIGTERM",
+        ),
         # An engine error alone does not change the classification.
         (ExitReport(1, engine_error="boom"), Outcome.USER_ERROR, "exit code 1"),
     ],

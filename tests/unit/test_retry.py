@@ -34,7 +34,8 @@ def decide(
 
 
 def test_retryable_set() -> None:
-    assert frozenset({Outcome.USER_ERROR, Outcome.CUDA_OOM}) == RETRYABLE_BY_DEFAULT
+    # cuda_oom is not retried by default: the same batch size fails again.
+    assert frozenset({Outcome.USER_ERROR}) == RETRYABLE_BY_DEFAULT
 
 
 def test_defaults() -> None:
@@ -61,10 +62,21 @@ def test_user_error_retries_until_budget_then_stops(max_retries: int) -> None:
         )
 
 
-def test_cuda_oom_retries_until_budget_then_stops() -> None:
+def test_cuda_oom_is_final_by_default() -> None:
+    assert decide(exact(), Outcome.CUDA_OOM, exit_code=1, max_retries=3) is None
+
+
+def test_cuda_oom_retries_until_budget_then_stops_when_the_job_opts_in() -> None:
     policy = exact()
     decisions = [
-        decide(policy, Outcome.CUDA_OOM, exit_code=1, retries_used=used, max_retries=2)
+        policy.decide(
+            Outcome.CUDA_OOM,
+            exit_code=1,
+            retries_used=used,
+            max_retries=2,
+            infra_retries_used=0,
+            retry_on=frozenset({Outcome.CUDA_OOM}),
+        )
         for used in range(4)
     ]
     assert decisions == [
