@@ -143,6 +143,12 @@ class Settings(BaseSettings):
     retry_backoff_max_seconds: float = Field(default=600.0, ge=0)
 
     # --- job logs ---
+    max_followers: int = Field(
+        default=256,
+        ge=1,
+        le=10_000,
+        description="Log followers (follow=true, SSE) served at once; past it, 503.",
+    )
     log_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     log_backup_count: int = Field(default=5, ge=0)
     engine_log_max_size: str = Field(

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from agent.config import Settings
 from agent.core.errors import InvalidRequest, JobNotFound
-from agent.joblog import follow_positioned, job_log_path, tail
+from agent.joblog import LogFollower, follow_positioned, job_log_path, tail
 
 MAX_LISTED_OUTPUTS = 10_000
 """A listing stops here (and says so): a job could write millions of files."""
@@ -63,6 +63,13 @@ class LocalJobFiles:
             after=after,
             stop=stop,
             heartbeat=heartbeat,
+        )
+
+    def follower(
+        self, job_id: str, *, from_lines: int, after: tuple[str, int] | None
+    ) -> LogFollower:
+        return LogFollower(
+            job_log_path(self.settings.log_dir, job_id), from_lines=from_lines, after=after
         )
 
     def outputs(self, job_id: str) -> OutputListing:

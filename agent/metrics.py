@@ -43,3 +43,9 @@ JOB_PROGRESS = Gauge(
     ["job_id"],
     registry=REGISTRY,
 )
+
+LOG_FOLLOWERS = Gauge(
+    "trainyard_log_followers",
+    "Log readers following a job right now (bounded by TRAINYARD_MAX_FOLLOWERS).",
+    registry=REGISTRY,
+)

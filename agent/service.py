@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -23,7 +24,7 @@ from agent.core.auth import (
     owner_scope,
     redact_env,
 )
-from agent.core.errors import InvalidJobSpec, InvalidRequest, RuntimeUnavailable
+from agent.core.errors import InvalidJobSpec, InvalidRequest, RuntimeUnavailable, TrainyardError
 from agent.core.jobs import JobSpec, JobStatus
 from agent.core.records import AgentInfo, Event, Job, Stats
 from agent.core.training import SeriesPage, TrainingSummary
@@ -32,8 +33,8 @@ from agent.db.metrics import MetricStore
 from agent.db.queue import JobQueue
 from agent.db.tokens import TokenStore
 from agent.jobfiles import LocalJobFiles, OutputListing
-from agent.joblog import parse_position
-from agent.metrics import JOBS_REJECTED, JOBS_SUBMITTED, QUEUE_DEPTH
+from agent.joblog import LogFollower, parse_position
+from agent.metrics import JOBS_REJECTED, JOBS_SUBMITTED, LOG_FOLLOWERS, QUEUE_DEPTH
 from agent.remote import AgentClient, AgentUnreachable
 
 FOLLOW_STATUS_CHECK_SECONDS = 1.0
@@ -75,6 +76,7 @@ class TrainyardService:
         self.engine_ping = engine_ping
         self.agent = agent
         self.files = LocalJobFiles(settings)
+        self._followers = threading.BoundedSemaphore(settings.max_followers)
         self._clients: dict[str, AgentClient] = {}
         self.tokens = TokenStore(db)
         self._tokens_exist = False
@@ -313,6 +315,46 @@ class TrainyardService:
             job_id, from_lines=from_lines, after=position, stop=stop, heartbeat=heartbeat
         )
 
+    def log_poller(
+        self,
+        job_id: str,
+        *,
+        from_lines: int,
+        after: str | None = None,
+        user: User | None = None,
+    ) -> LogPoller | None:
+        """A non-blocking follower of a local log (None when another host has it: use
+        log_follow_positioned). At most TRAINYARD_MAX_FOLLOWERS at once: 503 past that."""
+        position = parse_position(after) if after else None
+        if after and position is None:
+            raise InvalidRequest(
+                "Last-Event-ID is not a log position of this service; reconnect without it"
+            )
+        job = self.queue.get(job_id, owner=owner_scope(user))
+        if self._holder(job) is not None:
+            return None
+        if not self._followers.acquire(blocking=False):
+            raise TooManyFollowers(
+                f"too many log followers: at most {self.settings.max_followers} at once "
+                "(TRAINYARD_MAX_FOLLOWERS); read with tail or try again later"
+            )
+        LOG_FOLLOWERS.inc()
+        try:
+            follower = self.files.follower(job_id, from_lines=from_lines, after=position)
+        except BaseException:
+            self._release_follower()
+            raise
+        return LogPoller(self, job_id, follower)
+
+    def _release_follower(self) -> None:
+        LOG_FOLLOWERS.dec()
+        self._followers.release()
+
+    def _log_finished(self, job_id: str) -> bool:
+        """Final, and no agent here writes its log any more (the last line is on removal)."""
+        job = self.queue.get(job_id)
+        return job.status.is_final and job_id not in self._running_here()
+
     def _running_here(self) -> list[str]:
         return self.agent.running_job_ids() if self.agent is not None else []
 
@@ -380,3 +422,37 @@ class TrainyardService:
             live = self.live_agents()
             checks["agents"] = {"ok": True, "live": len(live), "ids": [a.id for a in live]}
         return Health(ok=all(check["ok"] for check in checks.values()), checks=checks)
+
+
+class TooManyFollowers(TrainyardError):
+    """Too many log followers at once; try again later."""
+
+    status_code = 503
+
+
+class LogPoller:
+    """One reader following one job's local log, without holding a thread between polls."""
+
+    def __init__(self, service: TrainyardService, job_id: str, follower: LogFollower) -> None:
+        self._service = service
+        self._job_id = job_id
+        self._follower = follower
+        self._finished = False
+        self._checked = 0.0
+        self._closed = False
+
+    def poll(self) -> tuple[list[tuple[str, str]], bool]:
+        """New (position, line) items, and whether the log is complete (then stop)."""
+        now = time.monotonic()
+        finished = False
+        if now - self._checked >= FOLLOW_STATUS_CHECK_SECONDS:
+            self._checked = now
+            finished = self._service._log_finished(self._job_id)
+        items = self._follower.poll()  # after the check: nothing written before it is missed
+        return items, finished
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._follower.close()
+            self._service._release_follower()

@@ -3,13 +3,21 @@
 from agent.core.loglines import MAX_LINE_BYTES
 from agent.joblog.files import count_container_lines_since, rotated_files
 from agent.joblog.format import LogEntry, job_log_path, parse_line
-from agent.joblog.reader import follow, follow_positioned, format_position, parse_position, tail
+from agent.joblog.reader import (
+    LogFollower,
+    follow,
+    follow_positioned,
+    format_position,
+    parse_position,
+    tail,
+)
 from agent.joblog.writer import JobLogWriter
 
 __all__ = [
     "MAX_LINE_BYTES",
     "JobLogWriter",
     "LogEntry",
+    "LogFollower",
     "count_container_lines_since",
     "follow",
     "follow_positioned",

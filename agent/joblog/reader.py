@@ -183,6 +183,34 @@ def follow_positioned(
         follower.close()
 
 
+class LogFollower:
+    """A follow that never blocks: `poll()` returns what was written since the last call.
+
+    For servers, which must not park a thread per reader: the caller sleeps between polls
+    (asynchronously), so a reader that went away costs nothing once its stream is closed."""
+
+    def __init__(
+        self, path: Path, *, from_lines: int = 0, after: tuple[str, int] | None = None
+    ) -> None:
+        self._follower = _Follower(Path(path))
+        self._first: list[tuple[str, str]] = []
+        if after is not None:
+            if not self._follower.resume(*after):
+                self._first.append(("gap", ""))
+        else:
+            self._first = [
+                (format_position(identity, offset), line.decode("utf-8", "replace"))
+                for identity, offset, line in self._follower.start(from_lines)
+            ]
+
+    def poll(self) -> list[tuple[str, str]]:
+        first, self._first = self._first, []
+        return first + list(self._follower.drain())
+
+    def close(self) -> None:
+        self._follower.close()
+
+
 class _Follower:
     """State of one ``follow`` call: the open file, its inode and a held-back partial line."""
 

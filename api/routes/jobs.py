@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.responses import PlainTextResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from agent.core.auth import User
 from agent.core.jobs import JobSpec, JobStatus
 from agent.core.records import Event
-from agent.service import TrainyardService
+from agent.service import LogPoller, TrainyardService
 from api.auth import UserDep
 from api.deps import ServiceDep
 from api.schemas import JobOut, JobPage
@@ -142,6 +145,10 @@ def job_logs(
     if not follow:
         lines = service.log_tail(job_id, tail, user=user)
         return PlainTextResponse("".join(f"{line}\n" for line in lines))
+    poller = service.log_poller(job_id, from_lines=tail, user=user)
+    if poller is not None:
+        plain = _polled(poller, lambda position, line: f"{line}\n" if position else "")
+        return StreamingResponse(plain, media_type="text/plain; charset=utf-8")
     lines_iter = service.log_follow(job_id, from_lines=tail, user=user)
 
     def body() -> Iterator[str]:
@@ -149,6 +156,46 @@ def job_logs(
             yield f"{line}\n"
 
     return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
+
+
+FOLLOW_POLL_SECONDS = 0.2
+
+
+def _sse_event(position: str, line: str) -> str:
+    if position == "gap":
+        return "event: gap\ndata: older lines were rotated out of the log\n\n"
+    if position:
+        return f"id: {position}\ndata: {line}\n\n"
+    return ": keep-alive\n\n"  # a write that fails tells us the reader left
+
+
+async def _polled(
+    poller: LogPoller,
+    render: Callable[[str, str], str],
+    *,
+    heartbeat: float | None = None,
+    end: Callable[[], str] | None = None,
+) -> AsyncIterator[str]:
+    """Follow a log by polling it in short thread hops, sleeping in between without a thread:
+    a reader that goes away is noticed at the next write or sleep and releases everything."""
+    try:
+        quiet_since = time.monotonic()
+        while True:
+            items, finished = await run_in_threadpool(poller.poll)
+            for position, line in items:
+                yield render(position, line)
+            if items:
+                quiet_since = time.monotonic()
+            if finished:
+                break
+            if heartbeat is not None and time.monotonic() - quiet_since >= heartbeat:
+                quiet_since = time.monotonic()
+                yield render("", "")
+            await anyio.sleep(FOLLOW_POLL_SECONDS)
+        if end is not None:
+            yield end()
+    finally:
+        poller.close()
 
 
 SSE_HEARTBEAT_SECONDS = 15.0
@@ -161,6 +208,16 @@ def _sse_logs(
     last_event_id: str | None,
     user: User | None = None,
 ) -> StreamingResponse:
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    poller = service.log_poller(job_id, from_lines=tail, after=last_event_id, user=user)
+    if poller is not None:
+        stream = _polled(
+            poller,
+            _sse_event,
+            heartbeat=SSE_HEARTBEAT_SECONDS,
+            end=lambda: f"event: end\ndata: {service.get(job_id, user=user).status.value}\n\n",
+        )
+        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
     items = service.log_follow_positioned(
         job_id, from_lines=tail, after=last_event_id, heartbeat=SSE_HEARTBEAT_SECONDS, user=user
     )
