@@ -80,7 +80,17 @@ class Settings(BaseSettings):
     default_image: str = DEFAULT_TRAIN_IMAGE
     default_memory: str = "2g"
     default_cpus: float = Field(default=1.0, gt=0)
-    default_timeout_seconds: int | None = Field(default=None, ge=1)
+    default_timeout_seconds: int | None = Field(
+        default=3 * 24 * 3600,
+        ge=1,
+        description="Timeout of jobs that give none (3 days): nothing runs forever by accident.",
+    )
+    allowed_images: str = Field(
+        default="*",
+        max_length=4096,
+        description="Comma-separated shell-style patterns of images jobs may use, e.g. "
+        "'trainyard/*,registry.example.com/ml/*' (default: any).",
+    )
     default_max_retries: int = Field(default=3, ge=0, le=100)
 
     # --- agent ---
@@ -251,6 +261,10 @@ class Settings(BaseSettings):
         if self.agent_secret is not None and len(self.agent_secret.get_secret_value()) < 16:
             raise ValueError("TRAINYARD_AGENT_SECRET must be at least 16 characters")
         return self
+
+    @property
+    def allowed_image_patterns(self) -> list[str]:
+        return [p.strip() for p in self.allowed_images.split(",") if p.strip()] or ["*"]
 
     @property
     def agent_endpoint_url(self) -> str | None:

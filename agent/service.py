@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.config import LOOPBACK_HOSTS, Settings
-from agent.core.admission import live_agents, resolve, unschedulable_reason
+from agent.core.admission import image_refusal, live_agents, resolve, unschedulable_reason
 from agent.core.auth import (
     HIDDEN_JOB,
     LOCAL_USER,
@@ -159,6 +159,9 @@ class TrainyardService:
                 return self._shown(first), False
         new = resolve(spec, self.settings)
         try:
+            refusal = image_refusal(new.image, self.settings.allowed_image_patterns)
+            if refusal is not None:
+                raise InvalidJobSpec(refusal)
             reason = unschedulable_reason(new.memory_bytes, new.cpus, new.gpus, self.live_agents())
             if reason is not None:  # no live agent could ever run it: refuse, do not queue
                 raise InvalidJobSpec(reason)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -85,3 +86,15 @@ def unschedulable_reason(
         )
         problems.append(f"no single agent offers all of it ({offers})")
     return "; ".join(problems)
+
+
+def image_refusal(image: str, allowed: Sequence[str]) -> str | None:
+    """Why `image` may not run here (TRAINYARD_ALLOWED_IMAGES, shell-style patterns), or None.
+
+    The agent holds the Docker socket: which images run is the operator's call."""
+    if any(fnmatch.fnmatchcase(image, pattern) for pattern in allowed):
+        return None
+    return (
+        f"image {image!r} is not allowed on this service; allowed: {', '.join(allowed)} "
+        "(TRAINYARD_ALLOWED_IMAGES)"
+    )

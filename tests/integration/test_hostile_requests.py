@@ -310,3 +310,24 @@ def test_sigterm_reaches_a_command_without_a_handler(
     assert time.monotonic() - started < 10  # not the 20 s grace period
     assert done["attempts"][0]["exit_code"] == 143
     h.wait_no_containers()
+
+
+def test_images_outside_the_allowlist_are_refused_and_jobs_get_a_default_timeout(
+    start_harness: Callable[..., Harness], make_settings: Callable[..., Settings], sqlite_url: str
+) -> None:
+    h = start_harness(
+        make_settings(
+            database_url=sqlite_url, allowed_images="trainyard/*, registry.example.com/ml/*"
+        ),
+        with_agent=False,
+    )
+    for image in ("alpine:latest", "docker.io/trainyard/train", "registry.example.com/other/x"):
+        response = h.client.post("/jobs", json={"image": image})
+        assert response.status_code == 422, image
+        assert f"image {image!r} is not allowed" in response.json()["message"]
+        assert "TRAINYARD_ALLOWED_IMAGES" in response.json()["message"]
+    accepted = h.client.post("/jobs", json={"image": "registry.example.com/ml/bert:1"})
+    assert accepted.status_code == 201, accepted.text
+    assert accepted.json()["timeout_seconds"] == 3 * 24 * 3600  # nothing runs forever
+    assert h.client.post("/jobs", json={}).status_code == 201  # the default image matches
+    assert h.client.get("/jobs").json()["total"] == 2

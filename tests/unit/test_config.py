@@ -40,7 +40,7 @@ def test_defaults() -> None:
     assert s.default_memory_bytes == 2 * 1024**3
     assert s.memory_reserve_bytes == 1024**3
     assert s.default_cpus == 1.0
-    assert s.default_timeout_seconds is None
+    assert s.default_timeout_seconds == 3 * 24 * 3600  # nothing runs forever by accident
     assert s.default_max_retries == 3
     assert s.gpus == "auto"
     assert s.lease_seconds == 60.0
