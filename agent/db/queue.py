@@ -52,25 +52,9 @@ class JobQueue:
 
     # --- submit and read -----------------------------------------------------------------
 
-    def submit(
-        self,
-        new: NewJob,
-        *,
-        max_queued: int,
-        actor: str = "api",
-        owner: str | None = None,
-        idempotency_key: str | None = None,
-        quota: Quota | None = None,
-    ) -> Job:
-        job, _created = self.submit_or_get(
-            new,
-            max_queued=max_queued,
-            actor=actor,
-            owner=owner,
-            idempotency_key=idempotency_key,
-            quota=quota,
-        )
-        return job
+    def submit(self, new: NewJob, *, max_queued: int, **options: Any) -> Job:
+        """`submit_or_get` for callers that only need the job."""
+        return self.submit_or_get(new, max_queued=max_queued, **options)[0]
 
     def submit_or_get(
         self,
