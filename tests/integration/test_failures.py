@@ -50,12 +50,22 @@ def test_oom_is_retried_when_the_job_asks(h: Harness) -> None:
     assert job["retries_used"] == 1
 
 
-def test_cuda_out_of_memory_is_recognised_and_retried(h: Harness) -> None:
+def test_cuda_out_of_memory_is_recognised_and_final_unless_the_job_opts_in(h: Harness) -> None:
+    # The same batch size fails again: not retried by default, whatever max_retries says.
     job = h.submit({"params": {"epochs": 3, "cuda_oom_at_epoch": 2}, "max_retries": 1})
     job = h.wait_final(job["id"])
     assert job["status"] == "failed"
-    assert outcomes(job) == ["cuda_oom", "cuda_oom"]
+    assert outcomes(job) == ["cuda_oom"]
     assert "CUDA out-of-memory" in job["reason"]
+    assert "last stderr:" in job["reason"]  # the error itself, without opening the log
+    opted_in = h.submit(
+        {
+            "params": {"epochs": 3, "cuda_oom_at_epoch": 2},
+            "max_retries": 1,
+            "retry_on": ["cuda_oom"],
+        }
+    )
+    assert outcomes(h.wait_final(opted_in["id"])) == ["cuda_oom", "cuda_oom"]
 
 
 def test_user_error_is_retried_and_the_retry_resumes_from_the_checkpoint(
