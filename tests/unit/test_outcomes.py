@@ -7,7 +7,14 @@ import itertools
 import pytest
 
 from agent.core.jobs import Outcome
-from agent.core.outcomes import ExitReport, classify, is_cuda_oom_line
+from agent.core.outcomes import (
+    _CUDA_OOM,
+    _CUDA_OOM_WORDS,
+    ExitReport,
+    classify,
+    has_cuda_oom,
+    is_cuda_oom_line,
+)
 
 CONFIG_REASON = "the command could not run in the image; check the job's command and image"
 
@@ -172,3 +179,25 @@ def test_cuda_oom_messages_are_recognised(line: str) -> None:
 )
 def test_ordinary_lines_are_not_cuda_oom(line: str) -> None:
     assert not is_cuda_oom_line(line)
+
+
+def test_every_gpu_oom_pattern_passes_the_cheap_prefilter() -> None:
+    """has_cuda_oom skips the regex unless a prefilter word appears: no pattern may lack one."""
+    for alternative in _CUDA_OOM.pattern.split("|"):
+        lowered = alternative.lower().encode()
+        assert any(word in lowered for word in _CUDA_OOM_WORDS), alternative
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+        b"RuntimeError: CUDA error: OUT OF MEMORY",
+        b"CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate",
+        b"ResourceExhaustedError: OOM when allocating tensor with shape[64,1024]",
+    ],
+)
+def test_gpu_oom_found_in_a_block_of_output(line: bytes) -> None:
+    block = b"\n".join([b"epoch 1 loss 0.4"] * 100 + [line] + [b"bye"])
+    assert has_cuda_oom(block)
+    assert not has_cuda_oom(b"\n".join([b"epoch 1 loss 0.4 memory fine"] * 100))
