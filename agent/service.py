@@ -390,7 +390,7 @@ class TrainyardService:
         ):
             return None
         secret = self.settings.agent_secret
-        endpoint = next((a.endpoint for a in self.queue.agents() if a.id == agent_id), None)
+        endpoint = self.queue.agent_endpoint(agent_id)
         if endpoint is None or secret is None:
             raise AgentUnreachable(
                 f"this job ran on agent {agent_id}, whose files are on its own host; that agent "

@@ -705,6 +705,11 @@ class JobQueue:
                 update(AgentRow).where(AgentRow.id == agent_id).values(stopped_at=self.clock())
             )
 
+    def agent_endpoint(self, agent_id: str) -> str | None:
+        """Where an agent serves its jobs' files (one row, no ledger sums)."""
+        with self.db.reading() as s:
+            return s.scalar(select(AgentRow.endpoint).where(AgentRow.id == agent_id))
+
     def agents(self) -> list[AgentInfo]:
         with self.db.reading() as s:
             held = {
