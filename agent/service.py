@@ -293,11 +293,7 @@ class TrainyardService:
     ) -> Iterator[tuple[str, str]]:
         """(position, line) as lines are written (see joblog.follow_positioned), from just
         after the position `after` if given; ends once the job is final and its log drained."""
-        position = parse_position(after) if after else None
-        if after and position is None:
-            raise InvalidRequest(
-                "Last-Event-ID is not a log position of this service; reconnect without it"
-            )
+        position = _log_position(after)
         holder = self._holder(self.queue.get(job_id, owner=owner_scope(user)))
         if holder is not None:
             return holder.follow(job_id, from_lines=from_lines, after=after)
@@ -309,9 +305,7 @@ class TrainyardService:
             now = time.monotonic()
             if not finished and now - last_check >= FOLLOW_STATUS_CHECK_SECONDS:
                 last_check = now
-                job = self.queue.get(job_id)
-                # Final, and the agent has closed the file (it writes its last line on removal).
-                finished = job.status.is_final and job_id not in self._running_here()
+                finished = self._log_finished(job_id)
             return finished
 
         return self.files.follow(
@@ -328,11 +322,7 @@ class TrainyardService:
     ) -> LogPoller | None:
         """A non-blocking follower of a local log (None when another host has it: use
         log_follow_positioned). At most TRAINYARD_MAX_FOLLOWERS at once: 503 past that."""
-        position = parse_position(after) if after else None
-        if after and position is None:
-            raise InvalidRequest(
-                "Last-Event-ID is not a log position of this service; reconnect without it"
-            )
+        position = _log_position(after)
         job = self.queue.get(job_id, owner=owner_scope(user))
         if self._holder(job) is not None:
             return None
@@ -425,6 +415,18 @@ class TrainyardService:
             live = self.live_agents()
             checks["agents"] = {"ok": True, "live": len(live), "ids": [a.id for a in live]}
         return Health(ok=all(check["ok"] for check in checks.values()), checks=checks)
+
+
+def _log_position(after: str | None) -> tuple[str, int] | None:
+    """A reader's Last-Event-ID as a log position (None: from the tail)."""
+    if not after:
+        return None
+    position = parse_position(after)
+    if position is None:
+        raise InvalidRequest(
+            "Last-Event-ID is not a log position of this service; reconnect without it"
+        )
+    return position
 
 
 class TooManyFollowers(TrainyardError):
