@@ -18,6 +18,8 @@ test: venv
 	scripts/ensure-service-image.sh --validate-compose
 	scripts/ensure-docker.sh --gpu-standin
 	scripts/ensure-postgres.sh
+	scripts/ensure-browser.sh
+	scripts/ensure-prometheus.sh
 	$(MAKE) --no-print-directory lint
 	$(BIN)/pytest
 

@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agent.core.training import DEFAULT_MAX_POINTS, MAX_MAX_POINTS, MIN_MAX_POINTS
 from agent.core.units import parse_memory
 
 DEFAULT_TRAIN_IMAGE = "trainyard/train:latest"
@@ -66,7 +67,9 @@ class Settings(BaseSettings):
 
     # --- queue ---
     max_queued: int = Field(
-        default=100, ge=1, description="Submissions past this many queued jobs get 429."
+        default=10_000,
+        ge=1,
+        description="Submissions past this many queued jobs get 429 (a sweep queues thousands).",
     )
     quota_queued: int | None = Field(
         default=1000, ge=1, description="Jobs one user may have queued; past it 429."
@@ -92,6 +95,23 @@ class Settings(BaseSettings):
         "'trainyard/*,registry.example.com/ml/*' (default: any).",
     )
     default_max_retries: int = Field(default=3, ge=0, le=100)
+    default_disk: str | None = Field(
+        default="100g",
+        description="Disk budget of jobs that give no resources.disk: /outputs plus what the "
+        "job writes in its container (empty: no budget).",
+    )
+    default_stall_timeout_seconds: int | None = Field(
+        default=None,
+        ge=10,
+        description="Stop jobs that print nothing for this long (outcome stalled) unless they "
+        "set stall_timeout_seconds; unset: off.",
+    )
+    workdir_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        le=1024**3,
+        description="Largest workdir upload (gzip-compressed tar); its unpacked size may be 8x.",
+    )
 
     # --- agent ---
     agent_listen: str = Field(
@@ -148,6 +168,16 @@ class Settings(BaseSettings):
     )
     container_user: str = "1000:1000"
     pids_limit: int = Field(default=4096, ge=16)
+    read_only_rootfs: bool = Field(
+        default=False,
+        description="Run containers with a read-only root filesystem; /tmp (a tmpfs within the "
+        "job's memory limit) and /outputs stay writable.",
+    )
+    disk_check_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="How often the agent measures each running job's disk use against its budget.",
+    )
     docker_timeout: float = Field(default=60.0, gt=0)
     retry_backoff_seconds: float = Field(default=5.0, ge=0)
     retry_backoff_max_seconds: float = Field(default=600.0, ge=0)
@@ -167,6 +197,12 @@ class Settings(BaseSettings):
         "the job log is the agent's copy. See README: logs.",
     )
     engine_log_max_files: int = Field(default=2, ge=1, le=100)
+    metrics_max_points: int = Field(
+        default=DEFAULT_MAX_POINTS,
+        ge=MIN_MAX_POINTS,
+        le=MAX_MAX_POINTS,
+        description="Training-metric points kept per key per job; older ones are thinned.",
+    )
     log_stall_seconds: float = Field(
         default=30.0,
         gt=0,
@@ -179,6 +215,18 @@ class Settings(BaseSettings):
     def _memory_parses(cls, value: str) -> str:
         parse_memory(value)
         return value
+
+    @field_validator("default_disk")
+    @classmethod
+    def _disk_parses(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_memory(value)
+        return value
+
+    @property
+    def default_disk_bytes(self) -> int | None:
+        return parse_memory(self.default_disk) if self.default_disk else None
 
     @field_validator("gpus")
     @classmethod
@@ -282,6 +330,11 @@ class Settings(BaseSettings):
     @property
     def job_log_dir(self) -> Path:
         return self.log_dir
+
+    @property
+    def workdirs_dir(self) -> Path:
+        """Unpacked workdirs (read-only at /workspace in the jobs that name them)."""
+        return self.data_dir / "workdirs"
 
     @property
     def outputs_dir(self) -> Path:

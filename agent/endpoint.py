@@ -14,12 +14,13 @@ from typing import Annotated, Any
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import generate_latest
 
 from agent.config import Settings
 from agent.core.errors import TrainyardError
 from agent.jobfiles import OutputListing
 from agent.metrics import REGISTRY
+from agent.metrics_collector import EXPOSITION_CONTENT_TYPE
 from agent.remote import INTERNAL_PREFIX
 from agent.service import TrainyardService
 
@@ -63,7 +64,7 @@ def endpoint_app(settings: Settings, service: TrainyardService) -> FastAPI:
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
         """This agent's metrics for Prometheus (counters only: no job data, no secret)."""
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(REGISTRY), media_type=EXPOSITION_CONTENT_TYPE)
 
     @files.get("/jobs/{job_id}/logs", response_class=PlainTextResponse)
     def tail(job_id: str, tail: Annotated[int, Query(ge=1, le=100_000)] = 100) -> str:
@@ -93,6 +94,14 @@ def endpoint_app(settings: Settings, service: TrainyardService) -> FastAPI:
     @files.get("/jobs/{job_id}/outputs/{path:path}")
     def output(job_id: str, path: str) -> FileResponse:
         return FileResponse(service.files.output_path(_checked(job_id), path))
+
+    @files.delete("/jobs/{job_id}/files", status_code=204)
+    def delete_files(job_id: str) -> Response:
+        """The API deletes a finished job: its files on this host go with it."""
+        if not service.queue.get(_checked(job_id)).status.is_final:
+            raise HTTPException(409, f"job {job_id} has not finished")
+        service.files.delete(job_id)
+        return Response(status_code=204)
 
     app.include_router(files)
     return app

@@ -8,6 +8,7 @@ otherwise (agent/remote.py).
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -90,6 +91,16 @@ class LocalJobFiles:
                 relative = full.relative_to(base).as_posix()
                 files.append(OutputFile(relative, info.st_size, modified))
         return OutputListing(sorted(files, key=_path), truncated=False)
+
+    def delete(self, job_id: str) -> None:
+        """Remove the job's log (with its rotated files) and its outputs from this host."""
+        log = job_log_path(self.settings.log_dir, job_id)
+        for path in log.parent.glob(f"{job_id}.log*"):
+            path.unlink(missing_ok=True)
+        outputs = self._outputs_dir(job_id)
+        if outputs.is_dir() and not outputs.is_symlink():
+            # Never follows a link the job made inside: rmtree does not descend into links.
+            shutil.rmtree(outputs, ignore_errors=True)
 
     def output_path(self, job_id: str, path: str) -> Path:
         """The file at `path` under the job's outputs. Refused: absolute paths, '..', links,

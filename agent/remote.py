@@ -71,6 +71,11 @@ class AgentClient:
         ]
         return OutputListing(files, bool(data["truncated"]))
 
+    def delete(self, job_id: str) -> None:
+        """Remove the job's log and outputs on the agent's host."""
+        with self._request("DELETE", f"/jobs/{job_id}/files"):
+            pass
+
     @contextmanager
     def download(self, job_id: str, path: str, *, range_header: str | None) -> Iterator[RemoteFile]:
         headers = {"Range": range_header} if range_header else {}

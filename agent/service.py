@@ -5,11 +5,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry
 
 from agent.config import LOOPBACK_HOSTS, Settings
 from agent.core.admission import image_refusal, live_agents, resolve, unschedulable_reason
@@ -24,17 +26,28 @@ from agent.core.auth import (
     owner_scope,
     redact_env,
 )
-from agent.core.errors import InvalidJobSpec, InvalidRequest, RuntimeUnavailable, TrainyardError
+from agent.core.errors import (
+    InvalidJobSpec,
+    InvalidRequest,
+    InvalidTransition,
+    PayloadTooLarge,
+    RuntimeUnavailable,
+    TrainyardError,
+)
 from agent.core.jobs import JobSpec, JobStatus
-from agent.core.records import AgentInfo, Event, Job, Stats
+from agent.core.records import AgentInfo, Event, Job, NewJob, Stats
 from agent.core.training import SeriesPage, TrainingSummary
+from agent.core.workdirs import UNPACKED_FACTOR, check_digest, check_workdir
 from agent.db.engine import Database
+from agent.db.gauges import GaugeReader
 from agent.db.metrics import MetricStore
 from agent.db.queue import JobQueue
 from agent.db.tokens import TokenStore
+from agent.db.workdirs import WorkdirStore
 from agent.jobfiles import LocalJobFiles, OutputListing
 from agent.joblog import LogFollower, parse_position
-from agent.metrics import JOBS_REJECTED, JOBS_SUBMITTED, LOG_FOLLOWERS, QUEUE_DEPTH
+from agent.metrics import JOBS_REJECTED, JOBS_SUBMITTED, LOG_FOLLOWERS
+from agent.metrics_collector import database_registry, exposition
 from agent.remote import AgentClient, AgentUnreachable
 
 FOLLOW_STATUS_CHECK_SECONDS = 1.0
@@ -157,11 +170,23 @@ class TrainyardService:
             first = self.queue.find_keyed(owner, idempotency_key)
             if first is not None:
                 return self._shown(first), False
-        new = resolve(spec, self.settings)
+        return self._admit(
+            resolve(spec, self.settings), owner=owner, actor=actor, idempotency_key=idempotency_key
+        )
+
+    def _admit(
+        self, new: NewJob, *, owner: str | None, actor: str, idempotency_key: str | None = None
+    ) -> tuple[Job, bool]:
+        """Queue `new` if every rule allows: images, workdir, schedulability, bound, quota."""
         try:
             refusal = image_refusal(new.image, self.settings.allowed_image_patterns)
             if refusal is not None:
                 raise InvalidJobSpec(refusal)
+            if new.workdir is not None and not self._workdirs.exists(new.workdir):
+                raise InvalidJobSpec(
+                    f"workdir {new.workdir} was never uploaded: PUT /workdirs/{new.workdir} "
+                    "first (the CLI's --workdir does)"
+                )
             reason = unschedulable_reason(new.memory_bytes, new.cpus, new.gpus, self.live_agents())
             if reason is not None:  # no live agent could ever run it: refuse, do not queue
                 raise InvalidJobSpec(reason)
@@ -181,6 +206,48 @@ class TrainyardService:
             if self.agent is not None:
                 self.agent.wake()
         return self._shown(job), created
+
+    def rerun(self, job_id: str, *, user: User | None = None) -> Job:
+        """A new job with the stored spec of `job_id` (its env too), owned by the same user."""
+        first = self.queue.get(job_id, owner=owner_scope(user))
+        new = NewJob(**{f.name: getattr(first, f.name) for f in fields(NewJob)})
+        actor = user.actor if user is not None else "api"
+        job, _created = self._admit(new, owner=self.queue.owner_of(job_id), actor=actor)
+        return job
+
+    def delete(self, job_id: str, *, user: User | None = None) -> None:
+        """Remove a finished job with its log and outputs (on whichever host has them)."""
+        job = self.queue.get(job_id, owner=owner_scope(user))
+        if not job.status.is_final:
+            raise InvalidTransition(
+                f"job {job_id} is {job.status.value}; only a finished job can be deleted "
+                "(cancel it first)"
+            )
+        holder = self._holder(job)
+        if holder is not None:
+            holder.delete(job_id)
+        self.files.delete(job_id)
+        self.queue.delete(job_id, owner=owner_scope(user))
+
+    # --- workdirs --------------------------------------------------------------------------
+
+    @cached_property
+    def _workdirs(self) -> WorkdirStore:
+        return WorkdirStore(self.db)
+
+    def workdir_exists(self, digest: str) -> bool:
+        return self._workdirs.exists(check_digest(digest))
+
+    def put_workdir(self, digest: str, data: bytes, *, user: User | None = None) -> bool:
+        """Store an uploaded workdir after checking it; True when it is new."""
+        limit = self.settings.workdir_max_bytes
+        if len(data) > limit:
+            raise PayloadTooLarge(
+                f"the workdir is {len(data)} bytes compressed; at most {limit} "
+                "(TRAINYARD_WORKDIR_MAX_BYTES): leave data and checkpoints out of it"
+            )
+        check_workdir(digest, data, max_unpacked_bytes=limit * UNPACKED_FACTOR)
+        return self._workdirs.put(digest, data, owner=user.name if user is not None else None)
 
     def live_agents(self) -> list[AgentInfo]:
         return live_agents(
@@ -228,10 +295,22 @@ class TrainyardService:
         ]
 
     def list_jobs(
-        self, *, status: JobStatus | None, limit: int, offset: int, user: User | None = None
+        self,
+        *,
+        status: JobStatus | None,
+        limit: int,
+        offset: int,
+        user: User | None = None,
+        labels: dict[str, str] | None = None,
+        name_prefix: str | None = None,
     ) -> tuple[list[Job], int]:
         jobs, total = self.queue.list_jobs(
-            status=status, limit=limit, offset=offset, owner=owner_scope(user)
+            status=status,
+            limit=limit,
+            offset=offset,
+            owner=owner_scope(user),
+            labels=labels,
+            name_prefix=name_prefix,
         )
         return [self._shown(job) for job in jobs], total
 
@@ -245,8 +324,17 @@ class TrainyardService:
 
     def stats(self) -> Stats:
         stats = self.queue.stats()
-        QUEUE_DEPTH.set(stats.counts.get("queued", 0))
         return stats
+
+    @cached_property
+    def _gauges(self) -> CollectorRegistry:
+        return database_registry(
+            GaugeReader(self.db).read, heartbeat_seconds=self.settings.heartbeat_seconds
+        )
+
+    def metrics_exposition(self) -> bytes:
+        """Prometheus text: this process's own metrics, then the database's, read now."""
+        return exposition(self._gauges)
 
     # --- training metrics ------------------------------------------------------------------
 

@@ -10,8 +10,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -19,8 +21,9 @@ from agent.config import Settings
 from agent.core.errors import InvalidJobSpec, QueueFull, TrainyardError
 from agent.core.jobs import JobSpec, Resources
 from agent.wiring import System
-from api.auth import add_security_middleware, check_startup, job_access
-from api.routes import jobs, metrics, outputs, system, train
+from api.auth import add_security_middleware, check_startup, current_user, job_access
+from api.routes import dashboard, jobs, metrics, outputs, system, train, workdirs
+from api.schemas import error_responses
 
 log = logging.getLogger("trainyard.api")
 
@@ -48,6 +51,7 @@ def create_app(settings: Settings | None = None, *, system_: System | None = Non
         version="0.1.0",
         description="Queue ML training jobs; an agent runs each in a limited Docker container.",
         lifespan=lifespan,
+        dependencies=[Depends(known_query_only)],
     )
     app.state.settings = settings
     if system_ is not None:
@@ -55,14 +59,21 @@ def create_app(settings: Settings | None = None, *, system_: System | None = Non
     # Every route of these needs a user, and one with a job id in its path a job the user may
     # see (404 otherwise). The system router's /health and /metrics stay open (no job data).
     owned_jobs = [Depends(job_access)]
-    app.include_router(jobs.router, dependencies=owned_jobs)
-    app.include_router(metrics.router, dependencies=owned_jobs)
-    app.include_router(outputs.router, dependencies=owned_jobs)
-    app.include_router(train.router, dependencies=owned_jobs)
+    errors = error_responses(400, 401, 403, 404, 409, 413, 429, 502, 503)
+    app.include_router(jobs.router, dependencies=owned_jobs, responses=errors)
+    app.include_router(metrics.router, dependencies=owned_jobs, responses=errors)
+    app.include_router(outputs.router, dependencies=owned_jobs, responses=errors)
+    app.include_router(train.router, dependencies=owned_jobs, responses=errors)
+    app.include_router(workdirs.router, dependencies=[Depends(current_user)], responses=errors)
     app.include_router(system.router)
+    app.include_router(dashboard.router)  # GET / and /ui/*: public files, no job data
     app.add_exception_handler(TrainyardError, _trainyard_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        larger={"/workdirs/": (settings.workdir_max_bytes, "TRAINYARD_WORKDIR_MAX_BYTES")},
+    )
     add_security_middleware(app, settings)  # outermost: the Host allowlist, CORS
     return app
 
@@ -75,6 +86,38 @@ async def _trainyard_error(_request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code >= 500:
         log.error("request failed: %s", exc)
     return JSONResponse({"detail": exc.message}, status_code=exc.status_code, headers=headers)
+
+
+def known_query_only(request: Request) -> None:
+    """422 for a query parameter the route does not take: `?stauts=running` silently ignored
+    would list every job, and the user would never learn why."""
+    if not request.query_params:
+        return
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    known = _query_names(route.dependant)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        allowed = ", ".join(sorted(known)) or "none"
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("query", name),
+                    "msg": f"unknown query parameter; this route takes: {allowed}",
+                    "type": "extra_forbidden",
+                }
+                for name in unknown
+            ]
+        )
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    """Every query parameter a route takes, its dependencies' included."""
+    names = {param.alias for param in dependant.query_params}
+    for sub_dependant in dependant.dependencies:
+        names |= _query_names(sub_dependant)
+    return names
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -148,12 +191,13 @@ class BodyTooLarge(HTTPException):
     """413, raised while reading a body past the bound. An HTTPException, so FastAPI's own
     body parsing lets it through to a 413 response instead of turning it into a 400."""
 
-    def __init__(self, max_bytes: int, size: int | None = None) -> None:
+    def __init__(
+        self, max_bytes: int, size: int | None = None, setting: str = "TRAINYARD_MAX_BODY_BYTES"
+    ) -> None:
         this = f"; this one is {size} bytes" if size is not None else ""
         super().__init__(
             status_code=413,
-            detail=f"the request body must be at most {max_bytes} bytes "
-            f"(TRAINYARD_MAX_BODY_BYTES){this}",
+            detail=f"the request body must be at most {max_bytes} bytes ({setting}){this}",
             headers={"Connection": "close"},
         )
 
@@ -163,17 +207,26 @@ class BodySizeLimit:
     whole. A Content-Length past the bound is refused before anything is read; a body without
     one (chunked) is counted as it streams and refused at the first chunk past the bound."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, larger: dict[str, tuple[int, str]] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        # path prefix -> its own bound and the setting that sets it (workdir uploads)
+        self.larger = larger or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = scope.get("path", "")
+        max_bytes, setting = next(
+            (bound for prefix, bound in self.larger.items() if path.startswith(prefix)),
+            (self.max_bytes, "TRAINYARD_MAX_BODY_BYTES"),
+        )
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await _send_too_large(send, BodyTooLarge(self.max_bytes, declared))
+        if declared is not None and declared > max_bytes:
+            await _send_too_large(send, BodyTooLarge(max_bytes, declared, setting))
             return
         received = 0
         started = False
@@ -183,8 +236,8 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                if received > max_bytes:
+                    raise BodyTooLarge(max_bytes, setting=setting)
             return message
 
         async def watching_send(message: Message) -> None:

@@ -26,6 +26,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from agent.config import Settings
 from agent.core.auth import InvalidToken, User
+from agent.core.errors import JobNotFound
 from agent.service import TrainyardService
 from api.deps import ServiceDep, SettingsDep
 
@@ -66,8 +67,12 @@ def job_access(request: Request, service: ServiceDep, user: UserDep) -> None:
     user may not see, before the route runs (a streamed answer never starts)."""
     for name in JOB_PATH_PARAMS:
         job_id = request.path_params.get(name)
-        if isinstance(job_id, str) and JOB_ID.fullmatch(job_id):
-            service.check_visible(job_id, user=user)
+        if not isinstance(job_id, str):
+            continue
+        if not JOB_ID.fullmatch(job_id):
+            # What a user mistyped or cut short is a job that does not exist, not a schema error.
+            raise JobNotFound(f"job not found: no job has the id {job_id[:40]!r}")
+        service.check_visible(job_id, user=user)
 
 
 def _unauthorized(detail: str) -> HTTPException:

@@ -11,22 +11,53 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from agent.core.jobs import JobStatus, check_params
 from agent.core.records import AgentInfo, Attempt, Job, Stats
 from agent.core.training import EPOCH_TOTALS, STEP_TOTALS, SeriesPage, TrainingSummary
-from agent.core.units import format_memory
+from agent.core.units import format_memory, human_size
+
+
+class ErrorOut(BaseModel):
+    detail: str = Field(description="What went wrong and what to change.")
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the errors a group of routes can answer, all `{"detail": "..."}`."""
+    words = {
+        400: "The request is malformed (the detail says what to change).",
+        401: "No valid API token (Authorization: Bearer <token>).",
+        403: "Refused (a browser page from another origin).",
+        404: "No such job (or not yours), or nothing at that path.",
+        409: "The job is not in a state that allows this.",
+        413: "The request body is too large.",
+        429: "The queue is full, or you are at a quota; try again later.",
+        502: "An agent that holds the job's files answered with an error.",
+        503: "A dependency (database, Docker engine, agent) cannot be reached.",
+    }
+    # JSON even on routes whose success is text (logs): listed under application/json too.
+    json_body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
+    return {
+        code: {"model": ErrorOut, "description": words[code], "content": json_body}
+        for code in codes
+    }
 
 
 class ResourcesOut(BaseModel):
-    memory: str
+    memory: str = Field(description="As a spec gives it ('4g'); memory_human as people read it.")
     memory_bytes: int
+    memory_human: str = Field(examples=["22.5 GiB"])
     cpus: float
     gpus: int
+    disk: str | None = Field(description="The disk budget ('100g'); null: none.")
+    disk_bytes: int | None
 
     @classmethod
     def of(cls, job: Job) -> ResourcesOut:
         return cls(
             memory=format_memory(job.memory_bytes),
             memory_bytes=job.memory_bytes,
+            memory_human=human_size(job.memory_bytes),
             cpus=job.cpus,
             gpus=job.gpus,
+            disk=format_memory(job.disk_bytes) if job.disk_bytes else None,
+            disk_bytes=job.disk_bytes,
         )
 
 
@@ -49,6 +80,10 @@ class JobOut(BaseModel):
     priority: int
     retry_on: list[str] | None
     non_retryable_exit_codes: list[int]
+    labels: dict[str, str]
+    workdir: str | None
+    stop_grace_seconds: int | None
+    stall_timeout_seconds: int | None
     outcome: str | None = Field(description="How the latest attempt ended.")
     exit_code: int | None
     reason: str | None
@@ -201,7 +236,14 @@ class TrainRequest(BaseModel):
     """
 
     model_config = ConfigDict(
-        extra="allow", json_schema_extra={"examples": [{"epochs": 3, "batch_size": 16}]}
+        extra="allow",
+        json_schema_extra={
+            "examples": [{"epochs": 3, "batch_size": 16}],
+            # What the validator below accepts, said in the published schema too.
+            "additionalProperties": {
+                "anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]
+            },
+        },
     )
 
     epochs: int = Field(default=5, ge=1, le=100_000)
@@ -266,8 +308,8 @@ class AgentOut(BaseModel):
                 "total_bytes": agent.memory_bytes,
                 "held_bytes": agent.held_memory_bytes,
                 "free_bytes": free_memory,
-                "total": format_memory(agent.memory_bytes),
-                "free": format_memory(free_memory) if free_memory else "0",
+                "total": human_size(agent.memory_bytes),
+                "free": human_size(free_memory),
             },
             cpus={
                 "total": agent.cpus,

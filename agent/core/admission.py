@@ -10,7 +10,7 @@ from agent.config import Settings
 from agent.core.jobs import JobSpec
 from agent.core.records import AgentInfo, NewJob
 from agent.core.scheduling import Demand, Free
-from agent.core.units import format_memory, parse_memory
+from agent.core.units import human_size, parse_memory
 
 
 def resolve(spec: JobSpec, settings: Settings) -> NewJob:
@@ -36,6 +36,13 @@ def resolve(spec: JobSpec, settings: Settings) -> NewJob:
         priority=spec.priority,
         retry_on=[o.value for o in spec.retry_on] if spec.retry_on is not None else None,
         non_retryable_exit_codes=sorted(set(spec.non_retryable_exit_codes)),
+        labels=dict(spec.labels),
+        workdir=spec.workdir,
+        disk_bytes=parse_memory(resources.disk) if resources.disk else settings.default_disk_bytes,
+        stop_grace_seconds=spec.stop_grace_seconds,
+        stall_timeout_seconds=spec.stall_timeout_seconds
+        if spec.stall_timeout_seconds is not None
+        else settings.default_stall_timeout_seconds,
     )
 
 
@@ -66,8 +73,8 @@ def unschedulable_reason(
     largest_memory = max(a.memory_bytes for a in agents)
     if memory_bytes > largest_memory:
         problems.append(
-            f"resources.memory {format_memory(memory_bytes)} is more than any agent offers "
-            f"(largest: {format_memory(largest_memory)})"
+            f"resources.memory {human_size(memory_bytes)} is more than any agent offers "
+            f"(largest: {human_size(largest_memory)})"
         )
     largest_cpus = max(a.cpus for a in agents)
     if cpus > largest_cpus:
@@ -81,7 +88,7 @@ def unschedulable_reason(
         )
     if not problems:  # each fits some agent, but no single agent has all of it
         offers = ", ".join(
-            f"{a.id}: {format_memory(a.memory_bytes)}, {a.cpus:g} cpus, {len(a.gpu_ids)} gpus"
+            f"{a.id}: {human_size(a.memory_bytes)}, {a.cpus:g} cpus, {len(a.gpu_ids)} gpus"
             for a in agents
         )
         problems.append(f"no single agent offers all of it ({offers})")

@@ -80,3 +80,15 @@ class ImageNotFound(ContainerError):
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message, permanent=True)
+
+
+class PayloadTooLarge(TrainyardError):
+    """The request body is larger than this service accepts."""
+
+    status_code = 413
+
+
+class NotFound(TrainyardError):
+    """Nothing is there."""
+
+    status_code = 404

@@ -14,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -78,12 +79,21 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"
     CONFIG_ERROR = "config_error"
     INFRA_ERROR = "infra_error"
+    STALLED = "stalled"
+    DISK_EXCEEDED = "disk_exceeded"
 
 
 # What a job may ask to retry: `cancelled` never (a person asked), `infra_error` always (on its
 # own budget), `succeeded` has nothing to retry.
 RETRYABLE_ON_REQUEST = frozenset(
-    {Outcome.USER_ERROR, Outcome.CUDA_OOM, Outcome.OOM, Outcome.TIMEOUT, Outcome.CONFIG_ERROR}
+    {
+        Outcome.USER_ERROR,
+        Outcome.CUDA_OOM,
+        Outcome.OOM,
+        Outcome.TIMEOUT,
+        Outcome.CONFIG_ERROR,
+        Outcome.DISK_EXCEEDED,
+    }
 )
 
 
@@ -141,6 +151,18 @@ MAX_RETRY_ON = 8
 """Entries in `retry_on`."""
 MAX_EXIT_CODES = 256
 """Entries in `non_retryable_exit_codes`."""
+MAX_LABELS = 32
+"""Labels on one job."""
+MAX_LABEL_VALUE_CHARS = 256
+"""Characters in one label's value."""
+MAX_STOP_GRACE_SECONDS = 3600
+"""Longest a stop may wait for SIGTERM to work before SIGKILL."""
+MIN_STALL_TIMEOUT_SECONDS = 1
+"""Seconds; how long is right is the job's to say (a slow data loader needs minutes)."""
+MIN_DISK_BYTES = 1024 * 1024
+"""1 MiB: the smallest disk budget."""
+_LABEL_KEY = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 RESERVED_ENV_PREFIXES = ("TRAINYARD_", "NVIDIA_")
 """Environment names a spec may not set: the agent sets TRAINYARD_* (job id, params...) and
 NVIDIA_* (the GPU devices of the job's claim: NVIDIA_VISIBLE_DEVICES=all would hand every GPU
@@ -148,6 +170,10 @@ to the job on a host whose default runtime is nvidia, outside the ledger)."""
 RESERVED_ENV_PREFIX = RESERVED_ENV_PREFIXES[0]
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# The same rule for the published schema (ECMA regex: no inline flags), reserved prefixes too.
+ENV_NAME_SCHEMA = (
+    r"^(?![Tt][Rr][Aa][Ii][Nn][Yy][Aa][Rr][Dd]_|[Nn][Vv][Ii][Dd][Ii][Aa]_)[A-Za-z_][A-Za-z0-9_]*$"
+)
 # Docker's reference grammar: [registry[:port]/]path[:tag][@digest]; path components are
 # lower-case alphanumerics joined by '.', '_', '__' or runs of '-'; tags are ASCII.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -205,6 +231,10 @@ MemorySize = Annotated[
 EnvValue = Annotated[
     str, StringConstraints(max_length=MAX_ENV_VALUE_CHARS), BeforeValidator(check_text)
 ]
+LabelKey = Annotated[str, BeforeValidator(check_text)]
+LabelValue = Annotated[
+    str, StringConstraints(max_length=MAX_LABEL_VALUE_CHARS), BeforeValidator(check_text)
+]
 
 
 class Resources(BaseModel):
@@ -224,8 +254,29 @@ class Resources(BaseModel):
         le=MAX_CPUS,
         allow_inf_nan=False,
         description=f"CPU cores, e.g. 1.5 ({MIN_CPUS} to {MAX_CPUS}).",
+        json_schema_extra={"minimum": MIN_CPUS},
     )
     gpus: int = Field(default=0, ge=0, le=MAX_GPUS, description="Number of whole GPUs.")
+    disk: MemorySize | None = Field(
+        default=None,
+        description="Disk the job may fill: its /outputs plus what it writes in its "
+        "container's filesystem ('20g'; 1m to 64t). Past it the agent stops the job with "
+        "outcome disk_exceeded. Default: the agent's TRAINYARD_DEFAULT_DISK.",
+        examples=["20g"],
+    )
+
+    @field_validator("disk")
+    @classmethod
+    def _disk(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            size = parse_memory(value, maximum=MAX_MEMORY_BYTES)
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("memory", "disk", 1)) from None
+        if size < MIN_DISK_BYTES:
+            raise ValueError("disk must be at least 1m")
+        return value.strip().lower()
 
     @field_validator("memory")
     @classmethod
@@ -246,6 +297,16 @@ class Resources(BaseModel):
                 "round to no limit at all)"
             )
         return value
+
+
+# Validated as any outcome (so a refusal can say why `cancelled` is not allowed), published as
+# the outcomes a job may ask to retry.
+RetryableOutcome = Annotated[
+    Outcome,
+    WithJsonSchema(
+        {"type": "string", "enum": [o.value for o in Outcome if o in RETRYABLE_ON_REQUEST]}
+    ),
+]
 
 
 class JobSpec(BaseModel):
@@ -277,6 +338,9 @@ class JobSpec(BaseModel):
     env: dict[EnvName, EnvValue] = Field(
         default_factory=dict,
         max_length=MAX_ENV_VARS,
+        json_schema_extra={
+            "propertyNames": {"pattern": ENV_NAME_SCHEMA, "maxLength": MAX_ENV_NAME_CHARS}
+        },
         description="Extra environment variables for the container. TRAINYARD_* and NVIDIA_* "
         "are set by the agent.",
     )
@@ -286,7 +350,7 @@ class JobSpec(BaseModel):
     priority: int = Field(
         default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="Higher runs first."
     )
-    retry_on: list[Outcome] | None = Field(
+    retry_on: list[RetryableOutcome] | None = Field(
         default=None,
         max_length=MAX_RETRY_ON,
         description="Outcomes worth a retry, replacing the default [user_error, cuda_oom]. "
@@ -298,6 +362,57 @@ class JobSpec(BaseModel):
         max_length=MAX_EXIT_CODES,
         description="Exit codes that are never retried.",
     )
+    labels: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict,
+        max_length=MAX_LABELS,
+        json_schema_extra={"propertyNames": {"pattern": f"^{_LABEL_KEY.pattern}$"}},
+        description=f"Key/value tags for finding jobs (GET /jobs?label=team=vision); at most "
+        f"{MAX_LABELS}; keys like 'team' or 'example.com/tier' (letters, digits, '.', '_', "
+        f"'-', '/'; at most 63), values at most {MAX_LABEL_VALUE_CHARS} characters.",
+        examples=[{"team": "vision", "experiment": "lr-sweep"}],
+    )
+    workdir: str | None = Field(
+        default=None,
+        description="sha256 of a workdir uploaded with PUT /workdirs/{sha256}: the job sees it "
+        "read-only at /workspace, its working directory (the CLI's --workdir does this).",
+        json_schema_extra={"pattern": "^[0-9a-f]{64}$"},
+    )
+    stop_grace_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_STOP_GRACE_SECONDS,
+        description="How long a cancel or timeout waits after SIGTERM before SIGKILL "
+        "(default: the agent's TRAINYARD_STOP_GRACE_SECONDS).",
+    )
+    stall_timeout_seconds: int | None = Field(
+        default=None,
+        ge=MIN_STALL_TIMEOUT_SECONDS,
+        le=MAX_TIMEOUT_SECONDS,
+        description="Stop the job when it prints nothing for this long (a hung collective, a "
+        "deadlocked data loader): outcome stalled, retried on the infrastructure budget. "
+        "Default: the agent's TRAINYARD_DEFAULT_STALL_TIMEOUT_SECONDS (off unless set).",
+    )
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, value: str | None) -> str | None:
+        if value is not None and not _DIGEST.fullmatch(value):
+            raise ValueError(
+                "workdir must be the sha256 (64 lowercase hex digits) of a tree uploaded "
+                "with PUT /workdirs/{sha256}"
+            )
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not _LABEL_KEY.fullmatch(key):
+                raise ValueError(
+                    f"label key {_show(key)} must be 1 to 63 letters, digits, '.', '_', '-' "
+                    "or '/', starting and ending with a letter or digit"
+                )
+        return value
 
     @field_validator("image")
     @classmethod

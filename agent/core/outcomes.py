@@ -56,6 +56,8 @@ class ExitReport:
     engine_error: str = ""
     cancelled: bool = False
     timed_out: bool = False
+    stalled: str = ""  # why the agent stopped it as stalled (no output for N s)
+    disk_exceeded: str = ""  # how far past its disk budget the agent found it
 
 
 def how_it_stopped(code: int) -> str:
@@ -75,6 +77,16 @@ def classify(report: ExitReport, *, memory_limit: str) -> tuple[Outcome, str]:
         return Outcome.CANCELLED, f"cancelled: {how_it_stopped(code)}"
     if report.timed_out:
         return Outcome.TIMEOUT, f"ran past its timeout and was stopped: {how_it_stopped(code)}"
+    if report.stalled:
+        return (
+            Outcome.STALLED,
+            f"stalled ({report.stalled}) and was stopped: {how_it_stopped(code)}",
+        )
+    if report.disk_exceeded:
+        return Outcome.DISK_EXCEEDED, (
+            f"stopped for exceeding its disk budget ({report.disk_exceeded}); ask for more "
+            f"(resources.disk) or write less: {how_it_stopped(code)}"
+        )
     # OOMKilled is not always set (cgroup v2, a child process killed): exit 137 with the
     # engine's own OOM event is the same thing.
     if report.oom_killed or (code == SIGKILL_EXIT and report.oom_event):

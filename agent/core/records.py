@@ -26,6 +26,11 @@ class NewJob:
     priority: int
     retry_on: list[str] | None = None
     non_retryable_exit_codes: list[int] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    workdir: str | None = None
+    disk_bytes: int | None = None
+    stop_grace_seconds: int | None = None
+    stall_timeout_seconds: int | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,7 @@ class Claim:
     lease_token: str
     gpu_ids: tuple[str, ...]
     agent_id: str  # the agent the attempt belongs to (the actor of its events)
+    waiting_since: datetime | None = None  # when it became claimable: submit, or retry's time
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,9 @@ from agent.core.records import Job
 # cuda_oom is not: the same batch size fails again. A job that opts in (retry_on) gets
 # TRAINYARD_LAST_OUTCOME=cuda_oom on its next attempt, to react (e.g. halve its batch).
 RETRYABLE_BY_DEFAULT = frozenset({Outcome.USER_ERROR})
+# Retried on the platform's budget, not the job's: a stall (a hung NCCL collective, a deadlocked
+# data loader) is most often a broken node or driver, and goes away on a fresh start.
+ON_INFRA_BUDGET = frozenset({Outcome.INFRA_ERROR, Outcome.STALLED})
 
 
 @dataclass(frozen=True)
@@ -73,13 +76,12 @@ class RetryPolicy:
         `retry_on`, when a job gives it, replaces the default retryable classes;
         `non_retryable_exit_codes` makes those exit codes final whatever the class.
         """
-        if outcome is Outcome.INFRA_ERROR:
+        if outcome in ON_INFRA_BUDGET:
             if infra_retries_used >= self.infra_budget:
                 return None
             n = infra_retries_used + 1
-            return RetryDecision(
-                self.delay(n), False, f"platform failure, retry {n} of {self.infra_budget}"
-            )
+            what = "platform failure" if outcome is Outcome.INFRA_ERROR else outcome.value
+            return RetryDecision(self.delay(n), False, f"{what}, retry {n} of {self.infra_budget}")
         retryable = RETRYABLE_BY_DEFAULT if retry_on is None else retry_on & RETRYABLE_ON_REQUEST
         if outcome not in retryable or retries_used >= max_retries:
             return None

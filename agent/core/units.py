@@ -6,7 +6,8 @@ import re
 from decimal import Decimal
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+# Docker's forms (512m, 4g, 2gb) and Kubernetes' binary ones (512Mi, 2Gi, 2GiB): all 1024-based.
+_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])(?:ib?|b)?|b)?\s*$", re.IGNORECASE)
 
 LARGEST_MEMORY_BYTES = 2**63 - 1
 """The largest size `parse_memory` returns by default: what Docker's API (int64) and the
@@ -30,9 +31,10 @@ def parse_memory(value: str | int, *, maximum: int = LARGEST_MEMORY_BYTES) -> in
         shown = value if len(value) <= _SHOWN_CHARS else value[:_SHOWN_CHARS] + "..."
         raise ValueError(
             f"memory {shown!r} is not a size; use a number with an optional unit k, m, g or t "
-            "(e.g. '512m', '4g')"
+            "(e.g. '512m', '4g', '2Gi')"
         )
     number, unit = match.groups()
+    unit = unit or ""
     # Decimal, not float: exact, and no OverflowError for a thousand-digit number.
     exact = Decimal(number) * _UNITS[unit.lower()]
     if exact > maximum:
@@ -61,3 +63,16 @@ def format_memory(size: int) -> str:
         if size >= factor and size % factor == 0:
             return f"{size // factor}{unit}"
     return str(size)
+
+
+def human_size(size: int) -> str:
+    """A size as people read it: 23635508 * 1024 -> '22.5 GiB', 512 -> '512 B'."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            if unit == "B":
+                return f"{int(value)} B"
+            text = f"{value:.1f}".removesuffix(".0")
+            return f"{text} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")

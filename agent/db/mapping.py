@@ -41,6 +41,7 @@ def job(row: JobRow, attempts: Iterable[AttemptRow]) -> Job:
         status=JobStatus(row.status),
         params=dict(row.params or {}),
         env=dict(row.env or {}),
+        labels=dict(row.labels or {}),
         non_retryable_exit_codes=list(row.non_retryable_exit_codes or []),
         attempts=[attempt(a) for a in attempts],
     )

@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -72,6 +73,11 @@ class JobRow(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0)
     retry_on: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     non_retryable_exit_codes: Mapped[list[int]] = mapped_column(JSON, default=list)
+    labels: Mapped[dict[str, str] | None] = mapped_column(JSON, default=None)
+    workdir: Mapped[str | None] = mapped_column(String(64), default=None)
+    disk_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    stop_grace_seconds: Mapped[int | None] = mapped_column(Integer, default=None)
+    stall_timeout_seconds: Mapped[int | None] = mapped_column(Integer, default=None)
 
     status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text, default=None)
@@ -100,6 +106,33 @@ Index("ix_jobs_claim", JobRow.status, JobRow.priority.desc(), JobRow.created_at,
 # One user's jobs: their list (newest first) and their quota counts (queued, GPUs running).
 Index("ix_jobs_owner_created", JobRow.owner, JobRow.created_at)
 Index("ix_jobs_owner_status", JobRow.owner, JobRow.status)
+
+
+class JobLabelRow(Base):
+    """One label of a job, for finding jobs by label with an index (the JSON column on the
+    job is what responses show)."""
+
+    __tablename__ = "job_labels"
+    __table_args__ = (Index("ix_job_labels_key_value", "key", "value"),)
+
+    job_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(63), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+
+
+class WorkdirRow(Base):
+    """An uploaded workdir (a gzip-compressed tar), by the sha256 of its bytes. In the database
+    so that every agent sharing the queue can fetch it, whatever host the upload reached."""
+
+    __tablename__ = "workdirs"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    owner: Mapped[str | None] = mapped_column(String(64), default=None)
+    created_at: Mapped[datetime]
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class AttemptRow(Base):

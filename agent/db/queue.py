@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, or_, select, text, update
+from sqlalchemy import ColumnElement, delete, exists, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -29,7 +29,16 @@ from agent.core.retry import RetryDecision
 from agent.core.scheduling import Capacity, Demand, Free, assign_gpus, pick
 from agent.db import mapping
 from agent.db.engine import Database
-from agent.db.models import AgentRow, AttemptRow, EventRow, GpuHoldRow, JobRow
+from agent.db.models import (
+    AgentRow,
+    AttemptRow,
+    EventRow,
+    GpuHoldRow,
+    JobLabelRow,
+    JobRow,
+    MetricPointRow,
+    TrainingRow,
+)
 from agent.db.notify import CANCEL_CHANNEL, JOBS_CHANNEL, notify
 
 CLAIM_BATCH = 50
@@ -135,7 +144,8 @@ class JobQueue:
                 updated_at=now,
             )
             s.add(row)
-            s.flush()  # the job row first: events reference it
+            s.flush()  # the job row first: events and labels reference it
+            s.add_all(JobLabelRow(job_id=row.id, key=k, value=v) for k, v in new.labels.items())
             _event(s, row.id, now, "submitted", None, JobStatus.QUEUED, actor, "job submitted")
             notify(s, JOBS_CHANNEL, row.id)
             return mapping.job(row, []), True
@@ -169,6 +179,10 @@ class JobQueue:
         ).all()
         return mapping.job(row, attempts)
 
+    def owner_of(self, job_id: str) -> str | None:
+        with self.db.reading() as s:
+            return s.scalar(select(JobRow.owner).where(JobRow.id == job_id))
+
     def owned(self, job_ids: Iterable[str], owner: str) -> set[str]:
         """Of these jobs, those `owner` owns."""
         ids = list(job_ids)
@@ -186,13 +200,26 @@ class JobQueue:
         limit: int = 50,
         offset: int = 0,
         owner: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        name_prefix: str | None = None,
     ) -> tuple[list[Job], int]:
-        """Newest first; only `owner`'s jobs when given."""
+        """Newest first; only `owner`'s jobs when given, only those carrying every one of
+        `labels`, only those whose name starts with `name_prefix`."""
         where: list[ColumnElement[bool]] = []
         if status is not None:
             where.append(JobRow.status == status.value)
         if owner is not None:
             where.append(JobRow.owner == owner)
+        if name_prefix:
+            where.append(JobRow.name.startswith(name_prefix, autoescape=True))
+        for key, value in (labels or {}).items():
+            where.append(
+                exists().where(
+                    JobLabelRow.job_id == JobRow.id,
+                    JobLabelRow.key == key,
+                    JobLabelRow.value == value,
+                )
+            )
         with self.db.reading() as s:
             total = s.scalar(select(func.count()).select_from(JobRow).where(*where)) or 0
             rows = s.scalars(
@@ -203,6 +230,24 @@ class JobQueue:
                 .offset(offset)
             ).all()
             return [mapping.job(row, []) for row in rows], total
+
+    def delete(self, job_id: str, *, owner: str | None = None) -> Job:
+        """Remove a finished job with its attempts, events, labels and metrics (the caller
+        removes its files). JobNotFound, or InvalidTransition (409) while it is not final."""
+        with self.db.transaction() as s:
+            row = _visible_row(s, job_id, owner)
+            if not JobStatus(row.status).is_final:
+                raise InvalidTransition(
+                    f"job {job_id} is {row.status}; only a finished job can be deleted "
+                    "(cancel it first)"
+                )
+            job = self._with_attempts(s, row)
+            # Children first: no reliance on ON DELETE CASCADE being switched on.
+            for child in (JobLabelRow, MetricPointRow, TrainingRow, EventRow, GpuHoldRow):
+                s.execute(delete(child).where(child.job_id == job_id))
+            s.execute(delete(AttemptRow).where(AttemptRow.job_id == job_id))
+            s.execute(delete(JobRow).where(JobRow.id == job_id))
+            return job
 
     def events(self, job_id: str, *, owner: str | None = None) -> list[Event]:
         with self.db.reading() as s:
@@ -256,7 +301,7 @@ class JobQueue:
                 query = query.with_for_update()
             row = s.scalars(query).first()
             if row is None or (owner is not None and row.owner != owner):
-                raise JobNotFound(f"no job has id {job_id!r}")
+                raise JobNotFound(f"job not found: no job has the id {job_id!r}")
             status = JobStatus(row.status)
             if status.is_final:
                 raise InvalidTransition(f"job {job_id} already {status.value}; nothing to cancel")
@@ -385,6 +430,7 @@ class JobQueue:
         (whose primary key refuses any device already held)."""
         token = new_id()
         number = row.attempt_count + 1
+        waiting_since = row.not_before or row.created_at  # the CAS clears not_before
         self._cas(
             s,
             row.id,
@@ -429,7 +475,7 @@ class JobQueue:
         )
         s.flush()
         s.refresh(row)
-        return Claim(mapping.job(row, []), number, token, gpu_ids, agent_id)
+        return Claim(mapping.job(row, []), number, token, gpu_ids, agent_id, waiting_since)
 
     def _lock_queued(self, s: Session, job_id: str) -> JobRow | None:
         """The job's row, locked for this transaction, if it is still queued and not locked."""
@@ -786,7 +832,7 @@ def _after(result: AttemptResult, retry: RetryDecision | None, *, cancelled: boo
 def _visible_row(s: Session, job_id: str, owner: str | None) -> JobRow:
     row = s.get(JobRow, job_id)
     if row is None or (owner is not None and row.owner != owner):
-        raise JobNotFound(f"no job has id {job_id!r}")
+        raise JobNotFound(f"job not found: no job has the id {job_id!r}")
     return row
 
 

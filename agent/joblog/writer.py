@@ -16,6 +16,7 @@ from agent.joblog.files import (
     scan_last_container_timestamp,
 )
 from agent.joblog.format import now_timestamp
+from agent.metrics import LOG_BYTES_WRITTEN
 
 
 def _split_text(text: str) -> list[str]:
@@ -191,6 +192,7 @@ class JobLogWriter:
                 stream = self._rollover()
         stream.flush()
         self.bytes_written += total
+        LOG_BYTES_WRITTEN.inc(total)
 
     def _rollover(self) -> BinaryIO:
         self._binary_stream().flush()

@@ -41,6 +41,10 @@ class ContainerSpec:
     user: str
     gpu_ids: tuple[str, ...] = ()
     mounts: dict[str, str] = field(default_factory=dict)  # host dir -> container dir (rw)
+    read_only_mounts: dict[str, str] = field(default_factory=dict)  # host dir -> container dir
+    working_dir: str | None = None
+    read_only_rootfs: bool = False
+    tmpfs: dict[str, str] = field(default_factory=dict)  # container dir -> mount options
     # The engine's own json-file copy of the output, capped (the agent's copy is the job log).
     engine_log_max_bytes: int = 512 * 1024 * 1024
     engine_log_max_files: int = 2
@@ -116,6 +120,10 @@ class Runtime(Protocol):
 
     def stop(self, container_id: str, *, grace_seconds: float) -> None:
         """SIGTERM, then SIGKILL after the grace period; returns once it is dead."""
+        ...
+
+    def disk_usage(self, container_id: str) -> int:
+        """Bytes the container has written to its own filesystem (its writable layer)."""
         ...
 
     def remove(self, container_id: str) -> bool:

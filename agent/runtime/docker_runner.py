@@ -119,6 +119,9 @@ class DockerRunner:
             else None
         )
         volumes = {host: {"bind": inner, "mode": "rw"} for host, inner in spec.mounts.items()}
+        volumes.update(
+            {host: {"bind": inner, "mode": "ro"} for host, inner in spec.read_only_mounts.items()}
+        )
         container = _call(
             f"create container for {spec.image}",
             lambda: self.client.containers.create(
@@ -141,6 +144,9 @@ class DockerRunner:
                 cap_drop=["ALL"],
                 device_requests=device_requests,
                 volumes=volumes or None,
+                working_dir=spec.working_dir,
+                read_only=spec.read_only_rootfs,
+                tmpfs=spec.tmpfs or None,
                 log_config=LogConfig(
                     type=LogConfig.types.JSON,
                     config={
@@ -153,6 +159,16 @@ class DockerRunner:
             ),
         )
         return str(container.id)
+
+    def disk_usage(self, container_id: str) -> int:
+        api = self.client.api
+        url = api._url("/containers/{0}/json", container_id)
+        # size=1 makes the engine add up the writable layer (SizeRw): a walk of what the
+        # container wrote, so the agent asks only every TRAINYARD_DISK_CHECK_SECONDS.
+        info = _call(
+            "measure container disk", lambda: api._result(api._get(url, params={"size": 1}), True)
+        )
+        return int(info.get("SizeRw") or 0)
 
     def start(self, container_id: str) -> None:
         _call("start container", lambda: self.client.api.start(container_id))

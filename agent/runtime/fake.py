@@ -31,6 +31,7 @@ class Behaviour:
     vanish: bool = False  # removed behind the agent's back once started
     create_error: Exception | None = None
     start_error: Exception | None = None
+    disk_bytes: int = 0  # what it wrote to its own filesystem
 
 
 Script = Callable[[ContainerSpec], Behaviour]
@@ -154,6 +155,10 @@ class FakeRuntime:
             container.exit(SIGKILL_EXIT)
         else:
             container.exit(SIGTERM_EXIT)
+
+    def disk_usage(self, container_id: str) -> int:
+        self._check_engine()
+        return self.containers[container_id].behaviour.disk_bytes
 
     def remove(self, container_id: str) -> bool:
         self._check_engine()

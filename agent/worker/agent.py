@@ -17,13 +17,17 @@ from agent.core.reconcile import container_key, plan
 from agent.core.records import Claim
 from agent.core.retry import RetryPolicy
 from agent.core.scheduling import Capacity
+from agent.core.workdirs import UNPACKED_FACTOR
 from agent.db.notify import CANCEL_CHANNEL, Listener
 from agent.db.queue import JobQueue
-from agent.metrics import RUNNING_ATTEMPTS
+from agent.db.workdirs import WorkdirStore
+from agent.metrics import HEARTBEATS, QUEUE_WAIT_SECONDS, RUNNING_ATTEMPTS
+from agent.metrics_collector import GPU_METRICS
 from agent.runtime.base import AGENT_LABEL, Runtime
 from agent.worker.duties import EngineWatch, Every, Janitor, LeaseKeeper, record_lost
 from agent.worker.execution import Adoption, AttemptExecution
 from agent.worker.supervisor import StopReason
+from agent.worker.workdirs import WorkdirCache
 
 log = logging.getLogger("trainyard.agent")
 
@@ -57,6 +61,11 @@ class Agent:
         )
         self.leases = LeaseKeeper(settings, queue)
         self.janitor = Janitor(settings, queue, self.policy)
+        self.workdirs = WorkdirCache(
+            WorkdirStore(queue.db),
+            settings.workdirs_dir,
+            max_unpacked_bytes=settings.workdir_max_bytes * UNPACKED_FACTOR,
+        )
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -80,6 +89,7 @@ class Agent:
             endpoint=self.settings.agent_endpoint_url,
         )
         self.engine.check()  # its version for the registry, or the reason it is unreachable
+        GPU_METRICS.start()  # per-GPU series, where NVML answers
         self._reconcile_safely()
         self._thread = threading.Thread(target=self._loop, name="agent-loop", daemon=True)
         self._thread.start()
@@ -217,6 +227,7 @@ class Agent:
             engine_error=self.engine.error,
             engine_version=self.engine.version,
         )
+        HEARTBEATS.inc()
         self.janitor.sweep((ex.job_id, ex.claim.attempt) for ex in self._executions())
 
     def _seconds_until_due(self) -> float | None:
@@ -241,6 +252,9 @@ class Agent:
             )
             if claim is None:
                 return
+            if claim.waiting_since is not None:  # updated_at is the claim's time
+                waited = claim.job.updated_at - claim.waiting_since
+                QUEUE_WAIT_SECONDS.observe(max(0.0, waited.total_seconds()))
             self._launch(claim)
 
     def _launch(self, claim: Claim, adopt: Adoption | None = None) -> None:
@@ -253,6 +267,7 @@ class Agent:
             on_done=self._finished,
             adopt=adopt,
             on_infra_error=self.engine.suspect,
+            workdirs=self.workdirs,
         )
         thread = threading.Thread(
             target=execution.run, name=f"job-{claim.job.id[:8]}-{claim.attempt}", daemon=True
@@ -260,12 +275,14 @@ class Agent:
         with self._lock:
             self._running[(claim.job.id, claim.attempt)] = (execution, thread)
             RUNNING_ATTEMPTS.set(len(self._running))
+        GPU_METRICS.track((claim.job.id, claim.attempt), claim.gpu_ids)
         thread.start()
 
     def _finished(self, execution: AttemptExecution) -> None:
         with self._lock:
             self._running.pop((execution.job_id, execution.claim.attempt), None)
             RUNNING_ATTEMPTS.set(len(self._running))
+        GPU_METRICS.finish((execution.job_id, execution.claim.attempt))
         if self.engine.error is None and execution.result is None:
             self.engine.check()  # a platform failure may mean the engine is gone
         self._wake.set()

@@ -8,6 +8,7 @@ from pathlib import Path
 from agent.config import Settings
 from agent.core.jobs import RESERVED_ENV_PREFIXES
 from agent.core.records import Claim
+from agent.core.workdirs import WORKSPACE
 from agent.runtime.base import AGENT_LABEL, ATTEMPT_LABEL, JOB_LABEL, ContainerSpec
 
 OUTPUTS_MOUNT = "/outputs"
@@ -34,9 +35,14 @@ def container_env(claim: Claim) -> dict[str, str]:
     whose default runtime is nvidia."""
     job, number = claim.job, claim.attempt
     env = {
-        key: value
-        for key, value in job.env.items()
-        if not key.upper().startswith(RESERVED_ENV_PREFIXES)
+        # Python's stdout is block-buffered when it is not a terminal: a script's print()s
+        # would reach the log late and out of order with its stderr. The job may say otherwise.
+        "PYTHONUNBUFFERED": "1",
+        **{
+            key: value
+            for key, value in job.env.items()
+            if not key.upper().startswith(RESERVED_ENV_PREFIXES)
+        },
     }
     env.update(
         TRAINYARD_JOB_ID=job.id,
@@ -52,7 +58,11 @@ def container_env(claim: Claim) -> dict[str, str]:
     return env
 
 
-def container_spec(claim: Claim, settings: Settings) -> ContainerSpec:
+def container_spec(
+    claim: Claim, settings: Settings, *, workdir: Path | None = None
+) -> ContainerSpec:
+    """The container of this attempt; `workdir` is the unpacked tree of the job's workdir on
+    this host, mounted read-only at /workspace and made the working directory."""
     job, number = claim.job, claim.attempt
     return ContainerSpec(
         name=f"trainyard-{job.id}-{number}",
@@ -66,6 +76,13 @@ def container_spec(claim: Claim, settings: Settings) -> ContainerSpec:
         user=settings.container_user,
         gpu_ids=claim.gpu_ids,
         mounts={str(outputs_path(settings, job.id)): OUTPUTS_MOUNT},
+        read_only_mounts={str(workdir): WORKSPACE} if workdir is not None else {},
+        working_dir=WORKSPACE if workdir is not None else None,
+        read_only_rootfs=settings.read_only_rootfs,
+        # With a read-only root, /tmp is memory (counted in the job's memory limit).
+        tmpfs={"/tmp": f"rw,nosuid,nodev,size={job.memory_bytes}"}  # noqa: S108
+        if settings.read_only_rootfs
+        else {},
         engine_log_max_bytes=settings.engine_log_max_bytes,
         engine_log_max_files=settings.engine_log_max_files,
     )

@@ -11,11 +11,12 @@ from collections.abc import Callable, Iterable
 
 from agent.config import Settings
 from agent.core.errors import RuntimeUnavailable, TrainyardError
-from agent.core.jobs import Outcome
+from agent.core.jobs import JobStatus, Outcome
 from agent.core.records import ActiveAttempt, AttemptResult, Claim
 from agent.core.retry import RetryPolicy
 from agent.db.queue import JobQueue
 from agent.joblog import JobLogWriter, job_log_path
+from agent.metrics import ATTEMPTS_FINISHED, RETRIES
 from agent.runtime.base import Runtime
 from agent.worker.execution import AttemptExecution
 from agent.worker.supervisor import StopReason
@@ -160,6 +161,9 @@ def record_lost(
     finally:
         if owner is None:  # ours, and no container exists for it: its resources are free
             queue.release(settings.agent_id, job.id, attempt.attempt)
+    ATTEMPTS_FINISHED.labels(Outcome.INFRA_ERROR.value).inc()
+    if status is JobStatus.QUEUED:
+        RETRIES.labels(Outcome.INFRA_ERROR.value).inc()
     with JobLogWriter(
         job_log_path(settings.log_dir, job.id),
         max_bytes=settings.log_max_bytes,

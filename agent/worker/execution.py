@@ -18,16 +18,18 @@ from agent.core.loglines import RawLine
 from agent.core.outcomes import SIGKILL_EXIT, SIGTERM_EXIT, ExitReport, classify, has_cuda_oom
 from agent.core.records import AttemptResult, Claim
 from agent.core.retry import RetryPolicy
-from agent.core.units import format_memory
+from agent.core.units import format_memory, human_size
 from agent.db.metrics import MetricStore
 from agent.db.queue import JobQueue
 from agent.joblog import JobLogWriter, job_log_path
-from agent.metrics import ATTEMPT_SECONDS, ATTEMPTS_FINISHED, START_LATENCY_SECONDS
+from agent.metrics import ATTEMPT_SECONDS, ATTEMPTS_FINISHED, RETRIES, START_LATENCY_SECONDS
 from agent.runtime.base import ContainerState, Runtime, last_line
 from agent.worker.container_spec import container_spec, outputs_path
+from agent.worker.disk import directory_bytes
 from agent.worker.logpump import LogPump, docker_since
 from agent.worker.supervisor import StopReason, StopRequest, Supervision, Supervisor
-from agent.worker.training_watch import TrainingWatch, max_points_setting
+from agent.worker.training_watch import TrainingWatch
+from agent.worker.workdirs import WorkdirCache
 
 log = logging.getLogger("trainyard.agent")
 
@@ -73,8 +75,10 @@ class AttemptExecution:
         on_done: Callable[[AttemptExecution], None],
         adopt: Adoption | None = None,
         on_infra_error: Callable[[], object] | None = None,
+        workdirs: WorkdirCache | None = None,
     ) -> None:
         self.claim = claim
+        self.workdirs = workdirs
         self.adopt = adopt
         self.settings = settings
         self.queue = queue
@@ -153,9 +157,9 @@ class AttemptExecution:
 
     def _execute(self, writer: JobLogWriter) -> tuple[JobStatus, AttemptResult]:
         number = self.claim.attempt
-        spec = container_spec(self.claim, self.settings)
         ensure_outputs_dir(outputs_path(self.settings, self.job_id), self.settings.container_user)
         try:
+            spec = container_spec(self.claim, self.settings, workdir=self._workdir())
             self.container_id = self.runtime.create(spec)
             self.queue.record_container(self.claim, self.container_id)
             if self._stop_event.is_set():
@@ -176,12 +180,20 @@ class AttemptExecution:
             f"memory={format_memory(spec.memory_bytes)} (no swap), "
             f"cpus={spec.nano_cpus / 1e9:g}, pids={spec.pids_limit}, "
             f"gpus={','.join(spec.gpu_ids) or 'none'}, network=none, user={spec.user}, "
-            f"image={spec.image}",
+            f"image={spec.image}{self._more_limits()}",
             attempt=number,
         )
         log.info("job %s attempt %d: running in %s", self.job_id, number, self.container_id[:12])
         deadline = self._deadline(time.time())
         return JobStatus.RUNNING, self._watch(self.container_id, writer, deadline, since=None)
+
+    def _workdir(self) -> Path | None:
+        digest = self.claim.job.workdir
+        if digest is None:
+            return None
+        if self.workdirs is None:
+            raise ContainerError("this agent cannot run jobs with a workdir", permanent=True)
+        return self.workdirs.path(digest)
 
     def _resume(self, writer: JobLogWriter) -> tuple[JobStatus, AttemptResult]:
         """Take over a container an earlier run of this agent left: re-attach or collect."""
@@ -240,6 +252,9 @@ class AttemptExecution:
             reason = f"{reason} ({report.engine_error})"
         if outcome in EXPLAINED_BY_STDERR and supervision.last_stderr:
             reason = f"{reason}; last stderr: {stderr_excerpt(supervision.last_stderr)}"
+        elif outcome is Outcome.STALLED:
+            last = stderr_excerpt(supervision.last_lines) or "(it printed nothing)"
+            reason = f"{reason}; last output: {last}"
         if not supervision.drain.complete:
             reason = f"{reason}; {supervision.drain.detail}"
         return AttemptResult(outcome, reason, report.exit_code, report.oom_killed)
@@ -268,15 +283,56 @@ class AttemptExecution:
             ),
             read_engine_tail=lambda cid: last_line(self.runtime, cid),
         )
+        job = self.claim.job
         return Supervisor(
             self.runtime,
             container_id,
             pump,
             deadline=deadline,
-            timeout_seconds=self.claim.job.timeout_seconds,
-            grace_seconds=self.settings.stop_grace_seconds,
+            timeout_seconds=job.timeout_seconds,
+            grace_seconds=self._grace_seconds(),
             stop_request=lambda: self._stop_request,
             note=lambda message: writer.agent(message, attempt=self.claim.attempt),
+            stall_seconds=job.stall_timeout_seconds,
+            disk_over=(lambda: self._disk_over(container_id)) if job.disk_bytes else None,
+            disk_check_seconds=self.settings.disk_check_seconds,
+        )
+
+    def _more_limits(self) -> str:
+        job, parts = self.claim.job, []
+        if job.disk_bytes:
+            parts.append(f"disk={human_size(job.disk_bytes)}")
+        if job.stall_timeout_seconds:
+            parts.append(f"stall timeout={job.stall_timeout_seconds}s")
+        parts.append(f"stop grace={self._grace_seconds():g}s")
+        if self.settings.read_only_rootfs:
+            parts.append("read-only root filesystem")
+        if job.workdir:
+            parts.append(f"workdir={job.workdir[:12]} at /workspace (read-only)")
+        return ", " + ", ".join(parts)
+
+    def _grace_seconds(self) -> float:
+        own = self.claim.job.stop_grace_seconds
+        return float(own) if own is not None else self.settings.stop_grace_seconds
+
+    def _disk_over(self, container_id: str) -> str | None:
+        """How far past its budget the job's disk use is (/outputs plus what it wrote in its
+        container), or None while within it. A failed measurement is not a verdict."""
+        budget = self.claim.job.disk_bytes
+        if budget is None:
+            return None
+        try:
+            written = self.runtime.disk_usage(container_id)
+            outputs = directory_bytes(outputs_path(self.settings, self.job_id))
+        except (TrainyardError, OSError) as exc:
+            log.warning("job %s: could not measure its disk use: %s", self.job_id, exc)
+            return None
+        used = written + outputs
+        if used <= budget:
+            return None
+        return (
+            f"{human_size(used)} used ({human_size(outputs)} in /outputs, {human_size(written)} "
+            f"in the container's filesystem) of {human_size(budget)}"
         )
 
     def _exit_report(
@@ -315,6 +371,8 @@ class AttemptExecution:
             engine_error=state.error,
             cancelled=stopped_for is StopReason.CANCELLED,
             timed_out=stopped_for is StopReason.TIMEOUT,
+            stalled=supervision.detail if stopped_for is StopReason.STALLED else "",
+            disk_exceeded=supervision.detail if stopped_for is StopReason.DISK_EXCEEDED else "",
         )
 
     def _on_lines(self, batch: list[RawLine]) -> None:
@@ -332,7 +390,7 @@ class AttemptExecution:
             lease_token=self.claim.lease_token,
             attempt_started=adopted.timestamp() if adopted is not None else time.time(),
             written=lambda: writer.container_lines_written,
-            max_points=max_points_setting(),
+            max_points=self.settings.metrics_max_points,
             note=lambda message: writer.agent(message, attempt=self.claim.attempt),
         )
 
@@ -362,6 +420,8 @@ class AttemptExecution:
             return False
         ATTEMPTS_FINISHED.labels(result.outcome.value).inc()
         ATTEMPT_SECONDS.observe(seconds)
+        if status is JobStatus.QUEUED:
+            RETRIES.labels(result.outcome.value).inc()
         summary = f"finished: {result.outcome.value} ({result.reason})"
         if decision is not None:
             summary += f"; retry in {decision.delay_seconds:.1f}s ({decision.reason})"

@@ -97,6 +97,7 @@ class LogPump:
         self._lines = 0
         self.bytes_read = 0  # across every stream this pump opened: its progress counter
         self.last_stderr: deque[str] = deque(maxlen=5)
+        self.last_lines: deque[str] = deque(maxlen=5)  # of either stream: a stall's context
 
     def start(self) -> None:
         self._thread.start()
@@ -208,12 +209,17 @@ class LogPump:
         return written is not None and last[1].decode() <= written
 
     def _write(self, batch: list[RawLine]) -> None:
+        # The engine copies stdout and stderr in two goroutines, so a batch may hold a line of
+        # one stream ahead of an earlier line of the other: order by the engine's timestamps
+        # (fixed-width, so bytes compare as times; stable, and linear when already in order).
+        batch.sort(key=_timestamp)
         if not self._first_ts:
             self._first_ts = batch[0][1]
         self._writer.container_lines(batch)
         self._lines += len(batch)
         errors = [text for stream, _, text in batch if stream == "stderr"]
         self.last_stderr.extend(text.decode("utf-8", "replace") for text in errors[-5:])
+        self.last_lines.extend(text.decode("utf-8", "replace") for _, _, text in batch[-5:])
         if self._on_lines is not None:
             self._on_lines(batch)
 
@@ -271,6 +277,10 @@ class LogPump:
             f"row (last: {last}); {self._lines} lines captured, the last stamped "
             f"{timestamp or 'never'}; anything the container wrote after that is missing"
         )
+
+
+def _timestamp(line: RawLine) -> bytes:
+    return line[1]
 
 
 def docker_since(timestamp: str | None) -> str | None:

@@ -28,6 +28,8 @@ class StopReason(StrEnum):
     LEASE_LOST = "lease_lost"  # another agent owns the job now
     TIMEOUT = "timeout"  # the job ran past its timeout
     DETACH = "detach"  # the agent stops but leaves the container running for its successor
+    STALLED = "stalled"  # the job printed nothing for its stall timeout
+    DISK_EXCEEDED = "disk_exceeded"  # the job wrote more than its disk budget
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class Supervision:
     failure: Exception | None  # waiting for the container failed
     drain: DrainReport
     last_stderr: tuple[str, ...] = ()  # the container's last stderr lines, for the reason
+    detail: str = ""  # why the agent stopped it (stall, disk budget), for the reason
+    last_lines: tuple[str, ...] = ()  # the container's last lines of either stream
 
 
 _ANNOUNCE = {
@@ -64,6 +68,9 @@ class Supervisor:
         grace_seconds: float,
         stop_request: Callable[[], StopRequest | None],
         note: Callable[[str], None],
+        stall_seconds: float | None = None,
+        disk_over: Callable[[], str | None] | None = None,
+        disk_check_seconds: float = 15.0,
     ) -> None:
         self._runtime = runtime
         self._container_id = container_id
@@ -78,6 +85,13 @@ class Supervisor:
         self._exited = threading.Event()
         self._stop_failed = threading.Event()
         self._retry_stop_at = 0.0
+        self._stall_seconds = stall_seconds
+        self._seen_bytes = -1
+        self._active_at = time.monotonic()
+        self._disk_over = disk_over
+        self._disk_check_seconds = disk_check_seconds
+        self._disk_checked_at = time.monotonic()
+        self.stop_detail = ""  # why a stall or disk stop happened, for the attempt's reason
 
     def run(self) -> Supervision:
         waiter = threading.Thread(
@@ -98,7 +112,15 @@ class Supervisor:
         # The attempt is not over until the engine has delivered every line it holds.
         drain = self._pump.finish()
         last = tuple(self._pump.last_stderr)
-        return Supervision(self._exit_code, stopped_for, self._failure, drain, last)
+        return Supervision(
+            self._exit_code,
+            stopped_for,
+            self._failure,
+            drain,
+            last,
+            detail=self.stop_detail,
+            last_lines=tuple(self._pump.last_lines),
+        )
 
     def _check_stop(self) -> StopReason | None:
         request = self._stop_request()
@@ -115,10 +137,27 @@ class Supervisor:
             )
             self._stop()
             return request.reason
-        if self._deadline is not None and time.monotonic() >= self._deadline:
+        now = time.monotonic()
+        if self._deadline is not None and now >= self._deadline:
             self._note(f"timeout of {self._timeout_seconds}s reached: stopping the container {how}")
             self._stop()
             return StopReason.TIMEOUT
+        if self._stall_seconds is not None:
+            if self._pump.bytes_read != self._seen_bytes:  # any output is a sign of life
+                self._seen_bytes, self._active_at = self._pump.bytes_read, now
+            elif now - self._active_at >= self._stall_seconds:
+                self.stop_detail = f"no output for {self._stall_seconds:g}s"
+                self._note(f"stalled: {self.stop_detail}; stopping the container {how}")
+                self._stop()
+                return StopReason.STALLED
+        if self._disk_over is not None and now - self._disk_checked_at >= self._disk_check_seconds:
+            self._disk_checked_at = now
+            over = self._disk_over()
+            if over is not None:
+                self.stop_detail = over
+                self._note(f"disk budget exceeded: {over}; stopping the container {how}")
+                self._stop()
+                return StopReason.DISK_EXCEEDED
         return None
 
     def _wait(self) -> None:

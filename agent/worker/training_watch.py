@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from agent.core.loglines import RawLine
 from agent.core.training import (
     DEFAULT_MAX_POINTS,
     MAX_KEYS,
-    MAX_MAX_POINTS,
-    MIN_MAX_POINTS,
     MetricPoint,
     MetricReader,
     kept_after_thinning,
@@ -45,33 +42,6 @@ MAX_PENDING_LINES = 20 * MAX_LINES_PER_FLUSH
 """Candidate lines held for the metrics thread (say while the database is slow); past this
 the pump's thread thins them to half (amortised O(1) a line, first and last kept)."""
 JOIN_SECONDS = 60.0
-MAX_POINTS_ENV = "TRAINYARD_METRICS_MAX_POINTS"
-
-
-def max_points_setting(environ: Mapping[str, str] = os.environ) -> int:
-    """TRAINYARD_METRICS_MAX_POINTS: points kept per key per job (default 1000, 10 to 1e6).
-    A value that is not a whole number in that range is reported and replaced."""
-    raw = environ.get(MAX_POINTS_ENV, "").strip()
-    if not raw:
-        return DEFAULT_MAX_POINTS
-    try:
-        value = int(raw)
-    except ValueError:
-        log.warning(
-            "%s=%r is not a whole number; using %d", MAX_POINTS_ENV, raw, DEFAULT_MAX_POINTS
-        )
-        return DEFAULT_MAX_POINTS
-    bounded = min(MAX_MAX_POINTS, max(MIN_MAX_POINTS, value))
-    if bounded != value:
-        log.warning(
-            "%s=%d is outside %d..%d; using %d",
-            MAX_POINTS_ENV,
-            value,
-            MIN_MAX_POINTS,
-            MAX_MAX_POINTS,
-            bounded,
-        )
-    return bounded
 
 
 class TrainingWatch:

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.responses import PlainTextResponse, StreamingResponse
+from pydantic import StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from agent.core.auth import User
-from agent.core.jobs import JobSpec, JobStatus
+from agent.core.jobs import (
+    MAX_LABEL_VALUE_CHARS,
+    MAX_LABELS,
+    MAX_NAME_CHARS,
+    JobSpec,
+    JobStatus,
+)
 from agent.core.records import Event
 from agent.service import LogPoller, TrainyardService
 from api.auth import UserDep
@@ -32,6 +39,7 @@ JobId = Annotated[
         description="A job id (32 hex digits).",
     ),
 ]
+MAX_LABEL_FILTER_CHARS = 64 + MAX_LABEL_VALUE_CHARS
 MAX_PAGE = 500
 """Most jobs one page lists."""
 MAX_OFFSET = 10_000_000
@@ -51,6 +59,16 @@ IdempotencyKey = Annotated[
 ]
 
 
+REPLAYED: dict[int | str, dict[str, Any]] = {
+    200: {"model": JobOut, "description": "The first job of a repeated Idempotency-Key."}
+}
+# key=value; no NUL (PostgreSQL refuses it in text). The key's own rules are the spec's: a
+# filter with another key simply matches nothing.
+LabelFilter = Annotated[
+    str, StringConstraints(pattern=r"^[^=\x00]+=[^\x00]*$", max_length=MAX_LABEL_FILTER_CHARS)
+]
+
+
 def submitted(response: Response, job_id: str, *, created: bool) -> None:
     """201 and Location for a new job; 200 for the first job of a repeated Idempotency-Key."""
     response.headers["Location"] = f"/jobs/{job_id}"
@@ -59,7 +77,12 @@ def submitted(response: Response, job_id: str, *, created: bool) -> None:
         response.headers["Idempotent-Replayed"] = "true"
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobOut)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobOut,
+    responses=REPLAYED,
+)
 def submit_job(
     spec: JobSpec,
     service: ServiceDep,
@@ -81,9 +104,27 @@ def list_jobs(
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"1 to {MAX_PAGE}.")] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description=f"0 to {MAX_OFFSET}.")] = 0,
+    label: Annotated[
+        list[LabelFilter] | None,
+        Query(
+            max_length=MAX_LABELS,
+            description="key=value; repeat it for several (a job must carry all of them).",
+        ),
+    ] = None,
+    name_prefix: Annotated[
+        str | None,
+        Query(max_length=MAX_NAME_CHARS, description="Only jobs whose name starts with this."),
+    ] = None,
 ) -> JobPage:
     """Your jobs (an admin's: everyone's), newest first."""
-    jobs, total = service.list_jobs(status=status_filter, limit=limit, offset=offset, user=user)
+    jobs, total = service.list_jobs(
+        status=status_filter,
+        limit=limit,
+        offset=offset,
+        user=user,
+        labels=_label_filter(label or []),
+        name_prefix=name_prefix,
+    )
     reasons = service.unschedulable_reasons(jobs)
     training = service.training(j.id for j in jobs)  # one query for the page
     items = [
@@ -98,6 +139,30 @@ def get_job(job_id: JobId, service: ServiceDep, user: UserDep) -> JobOut:
     reason = service.unschedulable_reasons([job]).get(job.id)
     training = service.training([job.id]).get(job.id)
     return JobOut.of(job, with_attempts=True, unschedulable=reason, training=training)
+
+
+def _label_filter(pairs: list[str]) -> dict[str, str]:
+    wanted: dict[str, str] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        wanted[key] = value
+    return wanted
+
+
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_job(job_id: JobId, service: ServiceDep, user: UserDep) -> Response:
+    """Remove a finished job with its log, outputs and metrics (409 while it is not finished:
+    cancel it first)."""
+    service.delete(job_id, user=user)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{job_id}/rerun", status_code=status.HTTP_201_CREATED, response_model=JobOut)
+def rerun_job(job_id: JobId, service: ServiceDep, user: UserDep, response: Response) -> JobOut:
+    """A new job with the same spec (env included), owned by the same user."""
+    job = service.rerun(job_id, user=user)
+    submitted(response, job.id, created=True)
+    return JobOut.of(job)
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)

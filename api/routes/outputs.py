@@ -7,17 +7,15 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Header
-from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from agent.jobfiles import OutputFile
 from api.auth import UserDep
 from api.deps import ServiceDep
+from api.routes.jobs import JobId
 
 router = APIRouter(prefix="/jobs", tags=["outputs"])
-
-JobId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$", description="A job id.")]
 
 
 class OutputsOut(BaseModel):

@@ -4,24 +4,23 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from agent.metrics import REGISTRY
+from agent.metrics_collector import EXPOSITION_CONTENT_TYPE
 from api.auth import UserDep
 from api.deps import ServiceDep, SettingsDep
-from api.schemas import AgentOut, HealthOut, StatsOut
+from api.schemas import AgentOut, HealthOut, StatsOut, error_responses
 
 router = APIRouter(tags=["system"])
 
 
-@router.get("/stats", response_model=StatsOut)
+@router.get("/stats", response_model=StatsOut, responses=error_responses(401, 403, 503))
 def stats(service: ServiceDep, settings: SettingsDep, _user: UserDep) -> StatsOut:
     """Jobs by status, success rate, mean queue wait and run time (of every user's jobs:
     counts only, no job ids)."""
     return StatsOut.of(service.stats(), settings.max_queued)
 
 
-@router.get("/agents", response_model=list[AgentOut])
+@router.get("/agents", response_model=list[AgentOut], responses=error_responses(401, 403, 503))
 def agents(service: ServiceDep, user: UserDep) -> list[AgentOut]:
     """Every registered agent: GPUs free and held (by which job; another user's job shows
     as "(hidden)" to a non-admin), memory, running jobs, last heartbeat. `alive` is false
@@ -42,5 +41,6 @@ def health(service: ServiceDep) -> JSONResponse:
 
 @router.get("/metrics", include_in_schema=False)
 def metrics(service: ServiceDep) -> Response:
-    service.stats()  # refresh the queue-depth gauge
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text format: this process's counters and histograms, then the gauges read
+    from the database now (the same in every API process); the README lists every series."""
+    return Response(service.metrics_exposition(), media_type=EXPOSITION_CONTENT_TYPE)

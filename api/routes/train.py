@@ -7,13 +7,18 @@ from fastapi import APIRouter, Response, status
 from agent.core.jobs import JobSpec
 from api.auth import UserDep
 from api.deps import ServiceDep
-from api.routes.jobs import IdempotencyKey, JobId, submitted
+from api.routes.jobs import IdempotencyKey, JobId, get_job, submitted
 from api.schemas import JobOut, TrainAccepted, TrainRequest
 
 router = APIRouter(prefix="/train", tags=["train (original API)"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=TrainAccepted)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TrainAccepted,
+    responses={200: {"model": TrainAccepted, "description": "A repeated Idempotency-Key."}},
+)
 def train(
     request: TrainRequest,
     service: ServiceDep,
@@ -32,4 +37,4 @@ def train(
 @router.get("/{task_id}", response_model=JobOut)
 def train_status(task_id: JobId, service: ServiceDep, user: UserDep) -> JobOut:
     """Same as GET /jobs/{id}."""
-    return JobOut.of(service.get(task_id, user=user), with_attempts=True)
+    return get_job(task_id, service, user)

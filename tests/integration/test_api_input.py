@@ -141,7 +141,11 @@ def test_a_job_bigger_than_the_agent_is_refused_at_submit(
     [error] = response.json()["detail"]
     assert error["loc"] == ["body", "resources", "memory"]
     assert error["type"] == "value_error"
-    assert error["msg"].startswith("resources.memory 60t is more than any agent offers (largest: ")
+    # Sizes as people read them, not "61847529062400" or "23635508k".
+    assert error["msg"].startswith(
+        "resources.memory 60 TiB is more than any agent offers (largest: "
+    )
+    assert error["msg"].endswith("iB)")
     assert h.client.get("/jobs").json()["total"] == 0
 
 

@@ -6,10 +6,12 @@ Every test that touches the database runs on SQLite and PostgreSQL (`database_ur
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import subprocess
 import sys
+import tarfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -38,6 +40,18 @@ ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cret-value-that-never-comes-back"
 IDENTITIES = ("none", "wrong", "revoked", "other", "owner", "admin")
 WRONG_TOKEN = "ty_" + "A" * 43  # well formed, never issued
+
+
+def _workdir() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("train.py")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"1\n"))
+    return buffer.getvalue()
+
+
+WORKDIR = _workdir()
 
 
 def wipe_tokens(url: str) -> None:
@@ -124,6 +138,8 @@ class Row:
     url: str = ""  # the URL asked ({job}: alice's job); default: the route
     body: dict[str, Any] | None = None
     fresh_job: bool = False  # a new job of alice's for each identity (cancel changes it)
+    finished: bool = False  # that new job cancelled first (only finished jobs are deleted)
+    content: bytes | None = None  # a raw body instead of JSON
 
 
 MATRIX = [
@@ -149,6 +165,28 @@ MATRIX = [
         "/jobs/{job}/outputs/result.txt",
     ),
     Row("GET", "/jobs/{job_id}/metrics", OWNED, "/jobs/{job}/metrics"),
+    Row(
+        "DELETE",
+        "/jobs/{job_id}",
+        {**OWNED, "owner": 204, "admin": 204},
+        "/jobs/{job}",
+        fresh_job=True,
+        finished=True,
+    ),
+    Row("POST", "/jobs/{job_id}/rerun", {**OWNED, "owner": 201, "admin": 201}, "/jobs/{job}/rerun"),
+    Row(
+        "HEAD",
+        "/workdirs/{digest}",
+        {**SIGNED_IN, "other": 404, "owner": 404, "admin": 404},  # not uploaded: 404 to all
+        f"/workdirs/{'0' * 64}",
+    ),
+    Row(
+        "PUT",
+        "/workdirs/{digest}",
+        {**SIGNED_IN, "other": 201, "owner": 200, "admin": 200},  # stored once, by the first
+        f"/workdirs/{hashlib.sha256(WORKDIR).hexdigest()}",
+        content=WORKDIR,
+    ),
 ]
 
 
@@ -157,17 +195,20 @@ def test_authorisation_matrix(world: World, row: Row) -> None:
     got = {}
     for identity in IDENTITIES:
         job = world.new_job() if row.fresh_job else world.job
+        if row.finished:
+            world.h.client.post(f"/jobs/{job}/cancel", headers=world.headers("owner"))
         response = world.h.client.request(
             row.method,
             (row.url or row.route).format(job=job),
             json=row.body,
+            content=row.content,
             headers=world.headers(identity),
         )
         got[identity] = response.status_code
         if response.status_code == 401:
             assert response.headers["WWW-Authenticate"] == "Bearer"
-        if response.status_code == 404:  # exactly what an unknown id gets: ids do not leak
-            assert response.json() == {"detail": f"no job has id {job!r}"}
+        if response.status_code == 404 and row.method != "HEAD":  # what an unknown id gets
+            assert response.json() == {"detail": f"job not found: no job has the id {job!r}"}
     assert got == row.expected
 
 
@@ -190,7 +231,7 @@ def test_another_users_log_stream_is_404_before_it_starts(world: World, sse: boo
     url = f"/jobs/{world.job}/logs?follow=true"
     response = world.h.client.get(url, headers={**world.headers("other"), **accept})
     assert response.status_code == 404
-    assert response.json() == {"detail": f"no job has id {world.job!r}"}
+    assert response.json() == {"detail": f"job not found: no job has the id {world.job!r}"}
 
 
 def test_lists_hold_only_your_jobs_and_an_admin_sees_all(world: World) -> None:

@@ -258,4 +258,4 @@ def test_unknown_job_is_404(harness: Harness) -> None:
         assert response.status_code == 404, path
         assert missing in response.json()["detail"]
     assert harness.client.post(f"/jobs/{missing}/cancel").status_code == 404
-    assert harness.client.get("/jobs/not-an-id").status_code == 422
+    assert harness.client.get("/jobs/not-an-id").status_code == 404

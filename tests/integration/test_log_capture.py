@@ -168,3 +168,35 @@ def test_sse_follow_resumes_with_last_event_id_across_rotation(
     )
     assert bad.status_code == 400
     assert "Last-Event-ID" in bad.json()["detail"]
+
+
+def test_stdout_and_stderr_are_merged_in_the_engines_timestamp_order(
+    start_harness: Callable[..., Harness], make_settings: Callable[..., Settings], sqlite_url: str
+) -> None:
+    """A script that alternates print() and a stderr write, on an image that does not set
+    PYTHONUNBUFFERED (the agent does, so print() is not held back until exit): each stream's
+    lines keep their order, and the two are merged by the engine's timestamps.
+
+    The engine stamps a line when it reads it from the stream's pipe, one goroutine per stream:
+    under load it may read one pipe late, and lines written a moment apart then carry stamps in
+    the other order. No reader can recover that order; the log is the engine's."""
+    h = start_harness(make_settings(database_url=sqlite_url))
+    code = (
+        "import sys, time\n"
+        "for i in range(200):\n"
+        "    print(f'out {i}')\n"
+        "    time.sleep(0.001)\n"
+        "    sys.stderr.write(f'err {i}\\n')\n"
+        "    time.sleep(0.001)\n"
+    )
+    job = h.submit({"image": "trainyard/base:bookworm", "command": ["python3", "-c", code]})
+    assert h.wait_final(job["id"])["status"] == "succeeded"
+    entries = [parse_line(line) for line in h.logs(job["id"], tail=10_000).splitlines()]
+    lines = [e for e in entries if e is not None and e.source != "agent"]
+    assert [e.text for e in lines if e.source == "stdout"] == [f"out {i}" for i in range(200)]
+    assert [e.text for e in lines if e.source == "stderr"] == [f"err {i}" for i in range(200)]
+    stamps = [e.timestamp for e in lines]
+    assert stamps == sorted(stamps)
+    # Without PYTHONUNBUFFERED every stdout line would come at exit, after all of stderr.
+    first_err = next(i for i, e in enumerate(lines) if e.source == "stderr")
+    assert first_err < 10

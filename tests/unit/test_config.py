@@ -34,7 +34,7 @@ def test_defaults() -> None:
     assert s.data_dir == Path("data")
     assert s.log_dir == Path("logs")
     assert s.database_url == ""
-    assert s.max_queued == 100
+    assert s.max_queued == 10_000
     assert s.default_image == DEFAULT_TRAIN_IMAGE == "trainyard/train:latest"
     assert s.default_memory == "2g"
     assert s.default_memory_bytes == 2 * 1024**3

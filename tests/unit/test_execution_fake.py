@@ -475,3 +475,99 @@ def test_run_does_not_raise_when_the_result_cannot_be_stored(env: Env) -> None:
         assert done == [execution]
         assert env.runtime.containers != {}  # kept: reconcile collects the real result
     assert env.queue.get(submitted.id).status is JobStatus.RUNNING  # reconcile's to fix
+
+
+# --- the agent stops it: a stall, a disk budget, its own grace period ------------------------
+
+
+def test_a_job_that_prints_nothing_for_its_stall_timeout_is_stopped_as_stalled(env: Env) -> None:
+    script(
+        env,
+        Behaviour(output=[("stdout", "epoch 1"), ("stderr", "nccl: waiting")], run_seconds=None),
+    )
+    execution, thread = env.start(stall_timeout_seconds=1, max_retries=0)
+
+    join(thread)  # nothing stops it but the silence
+
+    job = env.queue.get(execution.job_id)
+    # Stalls are retried on the platform's budget (a fresh start usually clears them).
+    assert job.status is JobStatus.QUEUED
+    assert (job.outcome, job.retries_used, job.infra_retries_used) == ("stalled", 0, 1)
+    assert job.reason is not None
+    assert "stalled (no output for 1s)" in job.reason
+    assert "last output: epoch 1 | nccl: waiting" in job.reason
+    assert "stalled: no output for 1s" in env.agent_text(job.id)
+    assert env.runtime.stops == [(execution.container_id, GRACE)]
+    env.assert_clean()
+
+
+def test_a_job_that_keeps_printing_is_not_stalled(env: Env) -> None:
+    # No output at all, but no stall timeout either: it runs until it ends on its own.
+    script(env, Behaviour(run_seconds=None))
+    execution, thread = env.start()
+    time.sleep(1.2)
+    assert execution.container_id in env.runtime.running()
+    env.end_all()
+    join(thread)
+    assert env.queue.get(execution.job_id).outcome == "succeeded"
+    env.assert_clean()
+
+
+def test_a_job_past_its_disk_budget_is_stopped_as_disk_exceeded(
+    make_settings: Callable[..., Settings], sqlite_url: str
+) -> None:
+    settings = make_settings(
+        database_url=sqlite_url, stop_grace_seconds=GRACE, disk_check_seconds=0.1
+    )
+    upgrade(sqlite_url)
+    db = Database(sqlite_url)
+    env = Env(settings, JobQueue(db), FakeRuntime())
+    try:
+        script(env, Behaviour(run_seconds=None, disk_bytes=3 * 2**20))
+        execution, thread = env.start(disk_bytes=2**20, max_retries=3)
+        join(thread)
+        job = env.queue.get(execution.job_id)
+        assert job.status is JobStatus.FAILED  # the same job fills the same disk: not retried
+        assert job.outcome == "disk_exceeded"
+        assert job.reason is not None
+        assert "3 MiB used" in job.reason and "of 1 MiB" in job.reason
+        assert "resources.disk" in job.reason
+        env.assert_clean()
+    finally:
+        env.end_all()
+        db.dispose()
+
+
+def test_a_job_within_its_disk_budget_runs_on(
+    make_settings: Callable[..., Settings], sqlite_url: str
+) -> None:
+    settings = make_settings(database_url=sqlite_url, disk_check_seconds=0.1)
+    upgrade(sqlite_url)
+    db = Database(sqlite_url)
+    env = Env(settings, JobQueue(db), FakeRuntime())
+    try:
+        script(env, Behaviour(run_seconds=None, disk_bytes=2**20))
+        execution, thread = env.start(disk_bytes=2 * 2**20)
+        time.sleep(0.6)  # several checks
+        assert execution.container_id in env.runtime.running()
+        env.end_all()
+        join(thread)
+        assert env.queue.get(execution.job_id).outcome == "succeeded"
+    finally:
+        env.end_all()
+        db.dispose()
+
+
+def test_a_jobs_own_stop_grace_replaces_the_agents(env: Env) -> None:
+    script(env, Behaviour(run_seconds=None, ignores_sigterm=True))
+    execution, thread = env.start(stop_grace_seconds=0)
+
+    execution.request_stop(StopReason.CANCELLED, "bob")
+    join(thread)
+
+    job = env.queue.get(execution.job_id)
+    assert (job.outcome, job.exit_code) == ("cancelled", 137)
+    assert env.runtime.stops == [(execution.container_id, 0.0)]
+    assert "SIGKILL after 0s" in env.agent_text(job.id)
+    assert job.reason is not None and "killed (SIGKILL) after the grace period" in job.reason
+    env.assert_clean()

@@ -156,6 +156,8 @@ def test_outcome_values() -> None:
         "cancelled",
         "config_error",
         "infra_error",
+        "stalled",
+        "disk_exceeded",
     }
 
 
@@ -169,12 +171,16 @@ FULL_SPEC: dict[str, Any] = {
     "command": ["python", "train.py", "--epochs", "3"],
     "params": {"epochs": 3, "lr": 0.001, "layers": [64, 128], "opt": {"name": "adam"}},
     "env": {"WANDB_MODE": "offline", "_PRIVATE": "1", "lower_case": ""},
-    "resources": {"memory": "4g", "cpus": 1.5, "gpus": 2},
+    "resources": {"memory": "4g", "cpus": 1.5, "gpus": 2, "disk": "20g"},
     "timeout_seconds": 3600,
     "max_retries": 2,
     "priority": 10,
     "retry_on": ["user_error", "oom"],
     "non_retryable_exit_codes": [2, 64],
+    "labels": {"team": "vision", "example.com/tier": "gold"},
+    "workdir": "ab" * 32,
+    "stop_grace_seconds": 5,
+    "stall_timeout_seconds": 600,
 }
 
 
@@ -206,12 +212,16 @@ def test_empty_spec_has_defaults() -> None:
         "command": None,
         "params": {},
         "env": {},
-        "resources": {"memory": None, "cpus": None, "gpus": 0},
+        "resources": {"memory": None, "cpus": None, "gpus": 0, "disk": None},
         "timeout_seconds": None,
         "max_retries": None,
         "priority": 0,
         "retry_on": None,
         "non_retryable_exit_codes": [],
+        "labels": {},
+        "workdir": None,
+        "stop_grace_seconds": None,
+        "stall_timeout_seconds": None,
     }
 
 
@@ -476,7 +486,10 @@ def test_retry_on_accepts_only_classes_worth_retrying() -> None:
         error = only_error({"retry_on": [refused]})
         assert error["loc"] == ("retry_on",)
         assert f"{refused} cannot be retried on request" in error["msg"]
-        assert "allowed: config_error, cuda_oom, oom, timeout, user_error" in error["msg"]
+        assert (
+            "allowed: config_error, cuda_oom, disk_exceeded, oom, timeout, user_error"
+            in error["msg"]
+        )
     assert only_error({"retry_on": ["sometimes"]})["loc"] == ("retry_on", 0)
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import update
 
 from agent.config import Settings
@@ -28,7 +29,7 @@ from agent.joblog import job_log_path
 from agent.metrics import REGISTRY
 from agent.runtime.fake import Behaviour, FakeRuntime
 from agent.worker.execution import AttemptExecution
-from agent.worker.training_watch import TrainingWatch, max_points_setting
+from agent.worker.training_watch import TrainingWatch
 from tests.unit.jobs_for_tests import new_job
 
 
@@ -215,13 +216,12 @@ def test_too_many_keys_are_noted_once(world: World) -> None:
     assert len(world.store.series(claim.job.id).series) == MAX_KEYS
 
 
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [("", 1000), ("250", 250), ("5", 10), ("99999999", 1_000_000), ("many", 1000)],
-)
-def test_max_points_setting(raw: str, expected: int) -> None:
-    assert max_points_setting({"TRAINYARD_METRICS_MAX_POINTS": raw}) == expected
-    assert max_points_setting({}) == 1000
+def test_max_points_is_a_setting_with_bounds() -> None:
+    assert Settings().metrics_max_points == 1000
+    assert Settings(metrics_max_points=250).metrics_max_points == 250
+    for bad in (5, 2_000_000):
+        with pytest.raises(ValidationError, match="metrics_max_points"):
+            Settings(metrics_max_points=bad)
 
 
 # --- through AttemptExecution ------------------------------------------------------------------

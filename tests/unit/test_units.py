@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from agent.core.units import format_memory, parse_memory
+from agent.core.units import format_memory, human_size, parse_memory
 
 K, M, G, T = 1024, 1024**2, 1024**3, 1024**4
 
@@ -33,6 +33,11 @@ K, M, G, T = 1024, 1024**2, 1024**3, 1024**4
         ("4 g", 4 * G),
         ("1", 1),
         ("007m", 7 * M),
+        ("2Gi", 2 * G),
+        ("512Mi", 512 * M),
+        ("512mi", 512 * M),
+        ("1Ti", T),
+        ("64Ki", 64 * K),
     ],
 )
 def test_parse_memory(text: str, size: int) -> None:
@@ -60,6 +65,9 @@ def test_parse_memory_int_is_bytes(value: int) -> None:
         "1.g",
         ".5g",
         "4kb4",
+        "2i",
+        "2Gx",
+        "2Gib4",
     ],
 )
 def test_parse_memory_rejects_non_sizes_and_names_the_units(text: str) -> None:
@@ -114,3 +122,20 @@ def test_round_trip_random_sizes() -> None:
         # The shortest exact form: the number is not a multiple of 1024 unless no larger unit.
         number = int(text.rstrip("kmgt"))
         assert number % 1024 != 0 or text.endswith("t")
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [
+        (0, "0 B"),
+        (512, "512 B"),
+        (1024, "1 KiB"),
+        (1536, "1.5 KiB"),
+        (23635508 * K, "22.5 GiB"),
+        (256 * M, "256 MiB"),
+        (5 * T, "5 TiB"),
+        (3000 * T, "3000 TiB"),
+    ],
+)
+def test_human_size_is_how_people_read_sizes(size: int, text: str) -> None:
+    assert human_size(size) == text

@@ -1,0 +1,1 @@
+"""The commands, by what they touch: submitting, one job, the whole system."""
