@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent.core.jobs import JobStatus, check_params
+from agent.core.jobs import JobStatus, Real, Whole, check_params
 from agent.core.records import AgentInfo, Attempt, Job, Stats
 from agent.core.training import EPOCH_TOTALS, STEP_TOTALS, SeriesPage, TrainingSummary
 from agent.core.units import format_memory, human_size
@@ -246,9 +246,9 @@ class TrainRequest(BaseModel):
         },
     )
 
-    epochs: int = Field(default=5, ge=1, le=100_000)
-    batch_size: int = Field(default=32, ge=1, le=1_000_000)
-    learning_rate: float | None = Field(default=None, gt=0, le=100, allow_inf_nan=False)
+    epochs: Whole = Field(default=5, ge=1, le=100_000)
+    batch_size: Whole = Field(default=32, ge=1, le=1_000_000)
+    learning_rate: Real | None = Field(default=None, gt=0, le=100, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _extras_are_scalars(self) -> TrainRequest:

@@ -212,6 +212,16 @@ def check_text(value: T) -> T:
     return value
 
 
+def not_bool(value: T) -> T:
+    """JSON's true and false are not numbers (pydantic would read them as 1 and 0)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
+Whole = Annotated[int, BeforeValidator(not_bool)]
+Real = Annotated[float, BeforeValidator(not_bool)]
+
 # Constraints first: a BeforeValidator wraps what precedes it, so it runs first.
 JobName = Annotated[
     str,
@@ -248,7 +258,7 @@ class Resources(BaseModel):
         "Swap is never above it.",
         examples=["4g"],
     )
-    cpus: float | None = Field(
+    cpus: Real | None = Field(
         default=None,
         gt=0,
         le=MAX_CPUS,
@@ -256,7 +266,7 @@ class Resources(BaseModel):
         description=f"CPU cores, e.g. 1.5 ({MIN_CPUS} to {MAX_CPUS}).",
         json_schema_extra={"minimum": MIN_CPUS},
     )
-    gpus: int = Field(default=0, ge=0, le=MAX_GPUS, description="Number of whole GPUs.")
+    gpus: Whole = Field(default=0, ge=0, le=MAX_GPUS, description="Number of whole GPUs.")
     disk: MemorySize | None = Field(
         default=None,
         description="Disk the job may fill: its /outputs plus what it writes in its "
@@ -345,9 +355,9 @@ class JobSpec(BaseModel):
         "are set by the agent.",
     )
     resources: Resources = Field(default_factory=Resources)
-    timeout_seconds: int | None = Field(default=None, ge=1, le=MAX_TIMEOUT_SECONDS)
-    max_retries: int | None = Field(default=None, ge=0, le=MAX_RETRIES)
-    priority: int = Field(
+    timeout_seconds: Whole | None = Field(default=None, ge=1, le=MAX_TIMEOUT_SECONDS)
+    max_retries: Whole | None = Field(default=None, ge=0, le=MAX_RETRIES)
+    priority: Whole = Field(
         default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY, description="Higher runs first."
     )
     retry_on: list[RetryableOutcome] | None = Field(
@@ -357,7 +367,7 @@ class JobSpec(BaseModel):
         "Allowed: user_error, cuda_oom, oom, timeout, config_error. infra_error is always "
         "retried on its own budget; cancelled never.",
     )
-    non_retryable_exit_codes: list[Annotated[int, Field(ge=0, le=255)]] = Field(
+    non_retryable_exit_codes: list[Annotated[Whole, Field(ge=0, le=255)]] = Field(
         default_factory=list,
         max_length=MAX_EXIT_CODES,
         description="Exit codes that are never retried.",
@@ -377,14 +387,14 @@ class JobSpec(BaseModel):
         "read-only at /workspace, its working directory (the CLI's --workdir does this).",
         json_schema_extra={"pattern": "^[0-9a-f]{64}$"},
     )
-    stop_grace_seconds: int | None = Field(
+    stop_grace_seconds: Whole | None = Field(
         default=None,
         ge=0,
         le=MAX_STOP_GRACE_SECONDS,
         description="How long a cancel or timeout waits after SIGTERM before SIGKILL "
         "(default: the agent's TRAINYARD_STOP_GRACE_SECONDS).",
     )
-    stall_timeout_seconds: int | None = Field(
+    stall_timeout_seconds: Whole | None = Field(
         default=None,
         ge=MIN_STALL_TIMEOUT_SECONDS,
         le=MAX_TIMEOUT_SECONDS,

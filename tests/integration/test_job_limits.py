@@ -4,6 +4,7 @@ a stall timeout, a disk budget, a read-only root filesystem, a job's own stop gr
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 
 import pytest
 
@@ -98,3 +99,34 @@ def test_with_a_read_only_root_only_tmp_and_outputs_are_writable(
     assert "wrote /tmp/a" in log and "wrote /outputs/b" in log
     assert "refused /home/c 30" in log and "refused /usr/local/d 30" in log  # EROFS
     assert "read-only root filesystem" in log
+
+
+SLEEP_LOOP = "import time\nprint('training', flush=True)\nwhile True:\n    time.sleep(0.5)\n"
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+def test_a_python_loop_without_a_handler_stops_on_sigterm_not_after_the_grace(
+    h: Harness, how: str
+) -> None:
+    """`python3 -c` with a sleep loop installs no SIGTERM handler; as PID 1 it would ignore
+    SIGTERM and run on for the whole grace period (30 s here) before SIGKILL. Under the init
+    process it ends on the SIGTERM itself: exit 143, and the reason says so."""
+    body: dict[str, object] = {"command": ["python3", "-c", SLEEP_LOOP], "max_retries": 0}
+    if how == "timeout":
+        body["timeout_seconds"] = 2
+    job = h.submit(body)
+    h.wait_for(job["id"], lambda j: j["status"] == "running" and "training" in h.logs(j["id"]))
+    if how == "cancel":
+        h.client.post(f"/jobs/{job['id']}/cancel")
+    done = h.wait_final(job["id"])
+    attempt = done["attempts"][0]
+    assert attempt["outcome"] == ("cancelled" if how == "cancel" else "timeout")
+    assert attempt["exit_code"] == 143  # SIGTERM ended it; 137 would mean the grace ran out
+    assert "the process exited on SIGTERM" in attempt["reason"]
+    events = h.client.get(f"/jobs/{job['id']}/events").json()
+    kind = "cancel_requested" if how == "cancel" else "started"
+    asked = next(e["at"] for e in events if e["kind"] == kind)
+    stopped = datetime.fromisoformat(attempt["finished_at"]) - datetime.fromisoformat(asked)
+    # Far inside the 30 s grace: the stop did not wait it out (a timeout counts from the start).
+    assert stopped.total_seconds() < (15 if how == "cancel" else 17)
+    h.wait_no_containers()

@@ -499,3 +499,23 @@ def test_non_retryable_exit_codes_are_exit_codes() -> None:
         "non_retryable_exit_codes",
         0,
     )
+
+
+@pytest.mark.parametrize(
+    ("data", "loc"),
+    [
+        ({"resources": {"gpus": True}}, ("resources", "gpus")),
+        ({"resources": {"cpus": True}}, ("resources", "cpus")),
+        ({"priority": False}, ("priority",)),
+        ({"timeout_seconds": True}, ("timeout_seconds",)),
+        ({"max_retries": True}, ("max_retries",)),
+        ({"stop_grace_seconds": True}, ("stop_grace_seconds",)),
+        ({"stall_timeout_seconds": True}, ("stall_timeout_seconds",)),
+        ({"non_retryable_exit_codes": [False]}, ("non_retryable_exit_codes", 0)),
+    ],
+)
+def test_true_and_false_are_not_numbers(data: dict[str, Any], loc: tuple[Any, ...]) -> None:
+    # pydantic would read them as 1 and 0: `"gpus": true` is a mistake, not a request for one.
+    error = only_error(data)
+    assert error["loc"] == loc
+    assert "must be a number, not true or false" in error["msg"]
