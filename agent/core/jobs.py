@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Annotated, Any, TypeVar
 
 from pydantic import (
+    AllowInfNan,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -220,7 +221,7 @@ def not_bool(value: T) -> T:
 
 
 Whole = Annotated[int, BeforeValidator(not_bool)]
-Real = Annotated[float, BeforeValidator(not_bool)]
+Real = Annotated[float, AllowInfNan(False), BeforeValidator(not_bool)]  # finite numbers only
 
 # Constraints first: a BeforeValidator wraps what precedes it, so it runs first.
 JobName = Annotated[
