@@ -224,10 +224,6 @@ class Settings(BaseSettings):
         parse_memory(value)
         return value
 
-    @property
-    def default_disk_bytes(self) -> int | None:
-        return parse_memory(self.default_disk) if self.default_disk else None
-
     @field_validator("gpus")
     @classmethod
     def _gpus_parse(cls, value: str) -> str:
@@ -343,6 +339,10 @@ class Settings(BaseSettings):
     @cached_property
     def default_memory_bytes(self) -> int:
         return parse_memory(self.default_memory)
+
+    @cached_property
+    def default_disk_bytes(self) -> int | None:
+        return parse_memory(self.default_disk) if self.default_disk else None
 
     @cached_property
     def engine_log_max_bytes(self) -> int:

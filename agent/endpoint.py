@@ -18,6 +18,7 @@ from prometheus_client import generate_latest
 
 from agent.config import Settings
 from agent.core.errors import TrainyardError
+from agent.core.jobs import check_deletable
 from agent.jobfiles import OutputListing
 from agent.metrics import REGISTRY
 from agent.metrics_collector import EXPOSITION_CONTENT_TYPE
@@ -98,8 +99,7 @@ def endpoint_app(settings: Settings, service: TrainyardService) -> FastAPI:
     @files.delete("/jobs/{job_id}/files", status_code=204)
     def delete_files(job_id: str) -> Response:
         """The API deletes a finished job: its files on this host go with it."""
-        if not service.queue.get(_checked(job_id)).status.is_final:
-            raise HTTPException(409, f"job {job_id} has not finished")
+        check_deletable(job_id, service.queue.get(_checked(job_id)).status)
         service.files.delete(job_id)
         return Response(status_code=204)
 

@@ -29,12 +29,11 @@ from agent.core.auth import (
 from agent.core.errors import (
     InvalidJobSpec,
     InvalidRequest,
-    InvalidTransition,
     PayloadTooLarge,
     RuntimeUnavailable,
     TrainyardError,
 )
-from agent.core.jobs import JobSpec, JobStatus
+from agent.core.jobs import JobSpec, JobStatus, check_deletable
 from agent.core.records import AgentInfo, Event, Job, NewJob, Stats
 from agent.core.training import SeriesPage, TrainingSummary
 from agent.core.workdirs import UNPACKED_FACTOR, check_digest, check_workdir
@@ -218,11 +217,7 @@ class TrainyardService:
     def delete(self, job_id: str, *, user: User | None = None) -> None:
         """Remove a finished job with its log and outputs (on whichever host has them)."""
         job = self.queue.get(job_id, owner=owner_scope(user))
-        if not job.status.is_final:
-            raise InvalidTransition(
-                f"job {job_id} is {job.status.value}; only a finished job can be deleted "
-                "(cancel it first)"
-            )
+        check_deletable(job_id, job.status)  # before any file goes
         holder = self._holder(job)
         if holder is not None:
             holder.delete(job_id)
@@ -323,8 +318,7 @@ class TrainyardService:
         return replace(job, env=redact_env(job.env))
 
     def stats(self) -> Stats:
-        stats = self.queue.stats()
-        return stats
+        return self.queue.stats()
 
     @cached_property
     def _gauges(self) -> CollectorRegistry:

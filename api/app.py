@@ -75,6 +75,7 @@ def create_app(settings: Settings | None = None, *, system_: System | None = Non
         larger={"/workdirs/": (settings.workdir_max_bytes, "TRAINYARD_WORKDIR_MAX_BYTES")},
     )
     add_security_middleware(app, settings)  # outermost: the Host allowlist, CORS
+    app.state.query_names = {}  # each route's query parameters (known_query_only)
     return app
 
 
@@ -96,7 +97,13 @@ def known_query_only(request: Request) -> None:
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
         return
-    known = _query_names(route.dependant)
+    # Once per route (by path and methods: the router hands out derived route objects, which
+    # are unhashable), not a walk of its dependencies on every request.
+    cache: dict[tuple[str, frozenset[str]], frozenset[str]] = request.app.state.query_names
+    key = (route.path_format, frozenset(route.methods or ()))
+    known = cache.get(key)
+    if known is None:
+        known = cache[key] = frozenset(_query_names(route.dependant))
     unknown = sorted(set(request.query_params) - known)
     if unknown:
         allowed = ", ".join(sorted(known)) or "none"

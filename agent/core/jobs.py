@@ -22,6 +22,7 @@ from pydantic import (
 
 from agent.core.errors import InvalidTransition
 from agent.core.units import parse_memory
+from agent.core.workdirs import DIGEST
 
 
 class JobStatus(StrEnum):
@@ -67,6 +68,14 @@ def can_transition(current: JobStatus, target: JobStatus) -> bool:
 def check_transition(current: JobStatus, target: JobStatus) -> None:
     if not can_transition(current, target):
         raise InvalidTransition(f"a {current.value} job cannot become {target.value}")
+
+
+def check_deletable(job_id: str, status: JobStatus) -> None:
+    """Only a finished job may be deleted: a running one still has a container and a log."""
+    if not status.is_final:
+        raise InvalidTransition(
+            f"job {job_id} is {status.value}; only a finished job can be deleted (cancel it first)"
+        )
 
 
 class Outcome(StrEnum):
@@ -163,7 +172,6 @@ MIN_STALL_TIMEOUT_SECONDS = 1
 MIN_DISK_BYTES = 1024 * 1024
 """1 MiB: the smallest disk budget."""
 _LABEL_KEY = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?")
-_DIGEST = re.compile(r"[0-9a-f]{64}")
 RESERVED_ENV_PREFIXES = ("TRAINYARD_", "NVIDIA_")
 """Environment names a spec may not set: the agent sets TRAINYARD_* (job id, params...) and
 NVIDIA_* (the GPU devices of the job's claim: NVIDIA_VISIBLE_DEVICES=all would hand every GPU
@@ -386,7 +394,7 @@ class JobSpec(BaseModel):
         default=None,
         description="sha256 of a workdir uploaded with PUT /workdirs/{sha256}: the job sees it "
         "read-only at /workspace, its working directory (the CLI's --workdir does this).",
-        json_schema_extra={"pattern": "^[0-9a-f]{64}$"},
+        json_schema_extra={"pattern": f"^{DIGEST.pattern}$"},
     )
     stop_grace_seconds: Whole | None = Field(
         default=None,
@@ -407,7 +415,7 @@ class JobSpec(BaseModel):
     @field_validator("workdir")
     @classmethod
     def _workdir(cls, value: str | None) -> str | None:
-        if value is not None and not _DIGEST.fullmatch(value):
+        if value is not None and not DIGEST.fullmatch(value):
             raise ValueError(
                 "workdir must be the sha256 (64 lowercase hex digits) of a tree uploaded "
                 "with PUT /workdirs/{sha256}"

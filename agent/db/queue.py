@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from agent.core.auth import Quota, QuotaExceeded
 from agent.core.errors import InvalidTransition, JobNotFound, QueueFull, StaleState
-from agent.core.jobs import JobStatus, check_transition
+from agent.core.jobs import JobStatus, check_deletable, check_transition
 from agent.core.records import (
     ActiveAttempt,
     AgentInfo,
@@ -29,16 +29,7 @@ from agent.core.retry import RetryDecision
 from agent.core.scheduling import Capacity, Demand, Free, assign_gpus, pick
 from agent.db import mapping
 from agent.db.engine import Database
-from agent.db.models import (
-    AgentRow,
-    AttemptRow,
-    EventRow,
-    GpuHoldRow,
-    JobLabelRow,
-    JobRow,
-    MetricPointRow,
-    TrainingRow,
-)
+from agent.db.models import AgentRow, AttemptRow, EventRow, GpuHoldRow, JobLabelRow, JobRow
 from agent.db.notify import CANCEL_CHANNEL, JOBS_CHANNEL, notify
 
 CLAIM_BATCH = 50
@@ -231,23 +222,15 @@ class JobQueue:
             ).all()
             return [mapping.job(row, []) for row in rows], total
 
-    def delete(self, job_id: str, *, owner: str | None = None) -> Job:
-        """Remove a finished job with its attempts, events, labels and metrics (the caller
-        removes its files). JobNotFound, or InvalidTransition (409) while it is not final."""
+    def delete(self, job_id: str, *, owner: str | None = None) -> None:
+        """Remove a finished job; its attempts, events, labels and metrics go with it (every
+        child table's foreign key is ON DELETE CASCADE, and SQLite connections enforce foreign
+        keys). The caller removes its files. JobNotFound, or InvalidTransition (409) while it
+        is not final."""
         with self.db.transaction() as s:
             row = _visible_row(s, job_id, owner)
-            if not JobStatus(row.status).is_final:
-                raise InvalidTransition(
-                    f"job {job_id} is {row.status}; only a finished job can be deleted "
-                    "(cancel it first)"
-                )
-            job = self._with_attempts(s, row)
-            # Children first: no reliance on ON DELETE CASCADE being switched on.
-            for child in (JobLabelRow, MetricPointRow, TrainingRow, EventRow, GpuHoldRow):
-                s.execute(delete(child).where(child.job_id == job_id))
-            s.execute(delete(AttemptRow).where(AttemptRow.job_id == job_id))
+            check_deletable(job_id, JobStatus(row.status))
             s.execute(delete(JobRow).where(JobRow.id == job_id))
-            return job
 
     def events(self, job_id: str, *, owner: str | None = None) -> list[Event]:
         with self.db.reading() as s:

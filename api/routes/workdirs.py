@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response, status
 from fastapi import Path as PathParam
 from starlette.concurrency import run_in_threadpool
 
+from agent.core.workdirs import DIGEST
 from api.auth import UserDep
 from api.deps import ServiceDep
 
@@ -17,14 +18,14 @@ router = APIRouter(prefix="/workdirs", tags=["workdirs"])
 Digest = Annotated[
     str,
     PathParam(
-        pattern=r"^[0-9a-f]{64}$",
+        pattern=f"^{DIGEST.pattern}$",
         description="The sha256 of the archive (64 lowercase hex digits).",
     ),
 ]
 
 
 @router.head("/{digest}", responses={404: {"description": "Not uploaded yet."}})
-def workdir_exists(digest: Digest, service: ServiceDep, _user: UserDep) -> Response:
+def workdir_exists(digest: Digest, service: ServiceDep) -> Response:
     """200 when the service has this workdir, 404 when it must be uploaded."""
     found = service.workdir_exists(digest)
     return Response(status_code=status.HTTP_200_OK if found else status.HTTP_404_NOT_FOUND)

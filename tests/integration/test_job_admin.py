@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from agent.config import Settings
 from agent.db.workdirs import WorkdirStore
@@ -75,6 +76,9 @@ def test_bad_labels_get_422_naming_the_field(
     assert words in error["msg"]
 
 
+CHILD_TABLES = ("attempts", "events", "gpu_holds", "job_labels", "metric_points", "job_training")
+
+
 def test_a_finished_job_is_deleted_with_its_log_outputs_and_metrics(
     harness: Harness,
 ) -> None:
@@ -83,7 +87,7 @@ def test_a_finished_job_is_deleted_with_its_log_outputs_and_metrics(
         "open('/outputs/model.pt', 'w').write('weights')\n"
         "print(json.dumps({'epoch': 1, 'epochs': 1, 'loss': 0.5}))\n"
     )
-    job = harness.submit({"command": ["python3", "-c", script]})
+    job = harness.submit({"command": ["python3", "-c", script], "labels": {"team": "vision"}})
     running = harness.submit({"command": ["python3", "-c", "import time; time.sleep(60)"]})
     harness.wait_for(running["id"], lambda j: j["status"] == "running")
     refused = harness.client.delete(f"/jobs/{running['id']}")
@@ -103,6 +107,11 @@ def test_a_finished_job_is_deleted_with_its_log_outputs_and_metrics(
     assert harness.client.get(f"/jobs/{job['id']}/metrics").status_code == 404
     assert harness.client.delete(f"/jobs/{job['id']}").status_code == 404
     assert not log.exists() and not outputs.exists()
+    with harness.system.db.reading() as s:  # every child row went with it (ON DELETE CASCADE)
+        for table in CHILD_TABLES:
+            query = text(f"SELECT count(*) FROM {table} WHERE job_id = :id")
+            left = s.execute(query, {"id": job["id"]})
+            assert left.scalar() == 0, table
     ids = [j["id"] for j in harness.client.get("/jobs").json()["items"]]
     assert job["id"] not in ids and running["id"] in ids
 
