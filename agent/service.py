@@ -245,8 +245,10 @@ class TrainyardService:
         return self._workdirs.put(digest, data, owner=user.name if user is not None else None)
 
     def live_agents(self) -> list[AgentInfo]:
+        """Live agents and what each offers (not what each holds: that is not needed to know
+        what could ever run, and skipping it keeps a submit's read to one small query)."""
         return live_agents(
-            self.queue.agents(),
+            self.queue.agent_offers(),
             now=datetime.now(UTC),
             heartbeat_seconds=self.settings.heartbeat_seconds,
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -16,6 +16,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -258,3 +259,12 @@ class TrainingRow(Base):
     progress: Mapped[float | None] = mapped_column(Float, default=None)
     progress_state: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     updated_at: Mapped[datetime]
+
+
+# The tables themselves, for the hot paths written in SQLAlchemy Core (agent/db/*.py).
+jobs = cast(Table, JobRow.__table__)
+job_labels = cast(Table, JobLabelRow.__table__)
+attempts = cast(Table, AttemptRow.__table__)
+gpu_holds = cast(Table, GpuHoldRow.__table__)
+agents = cast(Table, AgentRow.__table__)
+events = cast(Table, EventRow.__table__)

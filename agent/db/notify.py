@@ -10,9 +10,8 @@ import threading
 from collections.abc import Callable
 
 import psycopg
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session
 
 log = logging.getLogger("trainyard.agent")
 
@@ -21,10 +20,10 @@ CANCEL_CHANNEL = "trainyard_cancel"
 RECONNECT_SECONDS = 2.0
 
 
-def notify(s: Session, channel: str, payload: str) -> None:
+def notify(conn: Connection, channel: str, payload: str) -> None:
     """Queue a notification; PostgreSQL delivers it when the transaction commits."""
-    if s.get_bind().dialect.name == "postgresql":
-        s.execute(
+    if conn.dialect.name == "postgresql":
+        conn.execute(
             text("SELECT pg_notify(:channel, :payload)"), {"channel": channel, "payload": payload}
         )
 

@@ -1,0 +1,366 @@
+"""Claims: an agent takes the next queued job that fits what its ledger says is free.
+
+The choice is `agent.core.scheduling.pick`'s, written as SQL so that one statement picks, locks
+and updates the row. Order is priority, then age; a smaller job backfills behind a head that
+does not fit until the head has waited `starvation_seconds`.
+
+- PostgreSQL: a single statement, in autocommit, one round trip: the ledger sums, the pick
+  (`FOR UPDATE SKIP LOCKED`, so agents never wait on each other's candidate), the update, the
+  attempt row, the GPU holds and the event, all as data-modifying CTEs.
+- SQLite: the same steps as a few statements inside one short `BEGIN IMMEDIATE` (SQLite has one
+  writer at a time, so nothing can take the row between the pick and the update).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    String,
+    and_,
+    bindparam,
+    column,
+    func,
+    insert,
+    literal,
+    not_,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+
+from agent.core.jobs import JobStatus
+from agent.core.records import Claim
+from agent.core.scheduling import Capacity, Free, assign_gpus
+from agent.db import mapping
+from agent.db.engine import Database
+from agent.db.models import UTCDateTime, attempts, gpu_holds, jobs
+from agent.db.transitions import ADD_EVENT, event_values
+
+QUEUED = JobStatus.QUEUED.value
+STARTING = JobStatus.STARTING.value
+CPU_SLACK = 1e-9  # as `Free.fits`: 0.1 + 0.2 CPUs still fit in 0.3
+CLAIM_ORDER = (jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id)
+
+
+class Claims:
+    db: Database
+    clock: Callable[[], datetime]
+
+    def claim(
+        self,
+        agent_id: str,
+        capacity: Capacity,
+        *,
+        lease_seconds: float,
+        starvation_seconds: float | None = None,
+    ) -> Claim | None:
+        """Atomically take the job to start next on this agent, by what the ledger says is
+        free. The job's GPUs go into the ledger in the same transaction, whose primary key
+        refuses any device already held."""
+        now = self.clock()
+        token = uuid.uuid4().hex
+        if self.db.is_sqlite:
+            return self._claim_sqlite(
+                agent_id, capacity, now, token, lease_seconds, starvation_seconds
+            )
+        return self._claim_postgres(
+            agent_id, capacity, now, token, lease_seconds, starvation_seconds
+        )
+
+    # --- SQLite ----------------------------------------------------------------------------
+
+    def _claim_sqlite(
+        self,
+        agent_id: str,
+        capacity: Capacity,
+        now: datetime,
+        token: str,
+        lease_seconds: float,
+        starvation_seconds: float | None,
+    ) -> Claim | None:
+        with self.db.begin() as conn:
+            free = _free(conn, agent_id, capacity)
+            if free.slots <= 0:
+                return None
+            picked = conn.execute(
+                select(jobs.c.id, jobs.c.not_before)
+                .where(*_pickable(now, free, capacity, starvation_seconds))
+                .order_by(*CLAIM_ORDER)
+                .limit(1)
+            ).first()
+            if picked is None:
+                return None
+            row = (
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == picked.id, jobs.c.status == QUEUED)
+                    .values(_taken(agent_id, token, now, lease_seconds))
+                    .returning(*jobs.c)
+                )
+                .mappings()
+                .one()
+            )
+            gpu_ids = assign_gpus(free.gpu_ids, row["gpus"])
+            conn.execute(insert(attempts), _attempt(row, agent_id, token, gpu_ids, now))
+            if gpu_ids:
+                conn.execute(
+                    insert(gpu_holds),
+                    [
+                        {
+                            "agent_id": agent_id,
+                            "gpu_id": gpu,
+                            "job_id": row["id"],
+                            "attempt": row["attempt_count"],
+                            "acquired_at": now,
+                        }
+                        for gpu in gpu_ids
+                    ],
+                )
+            conn.execute(ADD_EVENT, _claimed_event(row, agent_id, gpu_ids, now))
+        return _claim(row, agent_id, token, gpu_ids, picked.not_before)
+
+    # --- PostgreSQL ------------------------------------------------------------------------
+
+    def _claim_postgres(
+        self,
+        agent_id: str,
+        capacity: Capacity,
+        now: datetime,
+        token: str,
+        lease_seconds: float,
+        starvation_seconds: float | None,
+    ) -> Claim | None:
+        ids = sorted(capacity.gpu_ids, key=lambda i: (len(i), i))  # assign_gpus's order
+        params: dict[str, Any] = {
+            "agent": agent_id,
+            "token": token,
+            "now": now,
+            "expires": now + timedelta(seconds=lease_seconds),
+            "slots": capacity.slots,
+            "memory": capacity.memory_bytes,
+            "cpus": capacity.cpus,
+            "gpu_ids": ids,
+            "starving": now - timedelta(seconds=starvation_seconds)
+            if starvation_seconds is not None
+            else None,
+        }
+        with self.db.autocommit() as conn:
+            row = conn.execute(_POSTGRES_CLAIM, params).mappings().first()
+        if row is None:
+            return None
+        return _claim(row, agent_id, token, tuple(row["taken_gpu_ids"]), row["waited_from"])
+
+
+def _free(conn: Connection, agent_id: str, capacity: Capacity) -> Free:
+    """What this agent has left, by the ledger: one statement."""
+    held_gpus = select(func.group_concat(gpu_holds.c.gpu_id, ",")).where(
+        gpu_holds.c.agent_id == agent_id
+    )
+    count, memory, cpus, gpus = conn.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(attempts.c.memory_bytes), 0),
+            func.coalesce(func.sum(attempts.c.cpus), 0.0),
+            held_gpus.scalar_subquery(),
+        ).where(attempts.c.agent_id == agent_id, attempts.c.released_at.is_(None))
+    ).one()
+    return capacity.remaining(
+        count=int(count),
+        memory_bytes=int(memory),
+        cpus=float(cpus),
+        gpus=set(gpus.split(",")) if gpus else set(),
+    )
+
+
+def _fits(free: Free) -> ColumnElement[bool]:
+    return and_(
+        jobs.c.memory_bytes <= free.memory_bytes,
+        jobs.c.cpus <= free.cpus + CPU_SLACK,
+        jobs.c.gpus <= len(free.gpu_ids),
+    )
+
+
+def _pickable(
+    now: datetime, free: Free, capacity: Capacity, starvation_seconds: float | None
+) -> list[ColumnElement[bool]]:
+    """`pick` as a WHERE clause: due, fits what is free, and no starved head is waiting."""
+    due = and_(jobs.c.status == QUEUED, or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now))
+    where = [due, _fits(free)]
+    if starvation_seconds is not None:
+        head = (
+            select(
+                jobs.c.memory_bytes, jobs.c.cpus, jobs.c.gpus, jobs.c.not_before, jobs.c.created_at
+            )
+            .where(due, _fits(capacity.whole))
+            .order_by(*CLAIM_ORDER)
+            .limit(1)
+            .subquery("head")
+        )
+        since = func.coalesce(head.c.not_before, head.c.created_at)
+        starved = select(literal(1)).where(
+            since <= now - timedelta(seconds=starvation_seconds),
+            not_(
+                and_(
+                    head.c.memory_bytes <= free.memory_bytes,
+                    head.c.cpus <= free.cpus + CPU_SLACK,
+                    head.c.gpus <= len(free.gpu_ids),
+                )
+            ),
+        )
+        where.append(not_(starved.exists()))
+    return where
+
+
+def _taken(agent_id: str, token: str, now: datetime, lease_seconds: float) -> dict[str, Any]:
+    return {
+        "status": STARTING,
+        "agent_id": agent_id,
+        "lease_token": token,
+        "lease_expires_at": now + timedelta(seconds=lease_seconds),
+        "attempt_count": jobs.c.attempt_count + 1,
+        "not_before": None,
+        "updated_at": now,
+    }
+
+
+def _attempt(
+    row: Mapping[Any, Any], agent_id: str, token: str, gpu_ids: tuple[str, ...], now: datetime
+) -> dict[str, Any]:
+    return {
+        "job_id": row["id"],
+        "number": row["attempt_count"],
+        "agent_id": agent_id,
+        "lease_token": token,
+        "gpu_ids": list(gpu_ids),
+        "memory_bytes": row["memory_bytes"],
+        "cpus": row["cpus"],
+        "claimed_at": now,
+    }
+
+
+def _claimed_event(
+    row: Mapping[Any, Any], agent_id: str, gpu_ids: tuple[str, ...], now: datetime
+) -> dict[str, Any]:
+    return event_values(
+        row["id"],
+        now,
+        "claimed",
+        JobStatus.QUEUED,
+        JobStatus.STARTING,
+        agent_id,
+        _claimed_message(row["attempt_count"], agent_id, gpu_ids),
+        attempt=row["attempt_count"],
+    )
+
+
+def _claimed_message(number: int, agent_id: str, gpu_ids: tuple[str, ...]) -> str:
+    with_gpus = f" with GPUs {','.join(gpu_ids)}" if gpu_ids else ""
+    return f"attempt {number} claimed by agent {agent_id}{with_gpus}"
+
+
+def _claim(
+    row: Mapping[Any, Any],
+    agent_id: str,
+    token: str,
+    gpu_ids: tuple[str, ...],
+    waited_from: datetime | None,
+) -> Claim:
+    return Claim(
+        mapping.job(row),
+        row["attempt_count"],
+        token,
+        gpu_ids,
+        agent_id,
+        waited_from or row["created_at"],
+    )
+
+
+# One round trip. Data-modifying CTEs all run, and all see the snapshot the statement began
+# with; `pick` locks its row (skipping rows other agents hold), `upd` moves it only if it is
+# still queued. The event's message is `_claimed_message`'s, built in SQL.
+_POSTGRES_CLAIM = (
+    text(
+        """
+WITH held AS (
+    SELECT count(*) AS n,
+           coalesce(sum(memory_bytes), 0) AS memory,
+           coalesce(sum(cpus), 0) AS cpus
+    FROM attempts WHERE agent_id = :agent AND released_at IS NULL
+), free_gpus AS (
+    SELECT coalesce(array_agg(g ORDER BY o), '{}') AS ids
+    FROM unnest(CAST(:gpu_ids AS varchar[])) WITH ORDINALITY AS u(g, o)
+    WHERE g NOT IN (SELECT gpu_id FROM gpu_holds WHERE agent_id = :agent)
+), free AS (
+    SELECT :slots - held.n AS slots, :memory - held.memory AS memory,
+           :cpus - held.cpus AS cpus, cardinality(free_gpus.ids) AS gpus, free_gpus.ids
+    FROM held, free_gpus
+), head AS (
+    SELECT memory_bytes, cpus, gpus, coalesce(not_before, created_at) AS since
+    FROM jobs
+    WHERE status = 'queued' AND (not_before IS NULL OR not_before <= :now)
+      AND memory_bytes <= :memory AND cpus <= :cpus + 1e-9
+      AND gpus <= cardinality(CAST(:gpu_ids AS varchar[]))
+    ORDER BY priority DESC, created_at, id
+    LIMIT 1
+), pick AS (
+    SELECT j.id, j.not_before
+    FROM jobs j, free
+    WHERE j.status = 'queued' AND (j.not_before IS NULL OR j.not_before <= :now)
+      AND free.slots > 0
+      AND j.memory_bytes <= free.memory AND j.cpus <= free.cpus + 1e-9 AND j.gpus <= free.gpus
+      AND NOT EXISTS (
+          SELECT 1 FROM head, free f
+          WHERE head.since <= CAST(:starving AS timestamptz)
+            AND NOT (head.memory_bytes <= f.memory AND head.cpus <= f.cpus + 1e-9
+                     AND head.gpus <= f.gpus))
+    ORDER BY j.priority DESC, j.created_at, j.id
+    LIMIT 1
+    FOR UPDATE OF j SKIP LOCKED
+), upd AS (
+    UPDATE jobs
+    SET status = 'starting', agent_id = :agent, lease_token = :token,
+        lease_expires_at = :expires, attempt_count = jobs.attempt_count + 1,
+        not_before = NULL, updated_at = :now
+    FROM pick, free
+    WHERE jobs.id = pick.id AND jobs.status = 'queued'
+    RETURNING {returning}, pick.not_before AS waited_from,
+              free.ids[1:jobs.gpus] AS taken_gpu_ids
+), attempt AS (
+    INSERT INTO attempts (job_id, number, agent_id, lease_token, gpu_ids, memory_bytes, cpus,
+                          claimed_at)
+    SELECT id, attempt_count, :agent, :token, to_json(taken_gpu_ids), memory_bytes, cpus, :now
+    FROM upd
+), holds AS (
+    INSERT INTO gpu_holds (agent_id, gpu_id, job_id, attempt, acquired_at)
+    SELECT :agent, g, upd.id, upd.attempt_count, :now FROM upd, unnest(upd.taken_gpu_ids) AS g
+), event AS (
+    INSERT INTO events (job_id, at, kind, from_status, to_status, attempt, actor, message)
+    SELECT id, :now, 'claimed', 'queued', 'starting', attempt_count, :agent,
+           'attempt ' || attempt_count || ' claimed by agent ' || CAST(:agent AS text)
+           || CASE WHEN gpus > 0 THEN ' with GPUs ' || array_to_string(taken_gpu_ids, ',')
+                   ELSE '' END
+    FROM upd
+)
+SELECT * FROM upd
+""".replace("{returning}", ", ".join(f"jobs.{c.name}" for c in jobs.c))
+    )
+    .bindparams(
+        bindparam("now", type_=UTCDateTime()),
+        bindparam("expires", type_=UTCDateTime()),
+        bindparam("starving", type_=UTCDateTime()),
+        bindparam("gpu_ids", type_=ARRAY(String())),
+    )
+    .columns(  # by position: the RETURNING list is jobs.c's, in order
+        *jobs.c,
+        column("waited_from", UTCDateTime()),
+        column("taken_gpu_ids", ARRAY(String())),
+    )
+)

@@ -1,0 +1,219 @@
+"""The queue's hot paths in SQL, on real SQLite and PostgreSQL: the claim statement chooses
+exactly what the pure `pick` chooses, and group-committed submits keep every rule."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import update
+
+from agent.core.auth import Quota, QuotaExceeded
+from agent.core.errors import QueueFull
+from agent.core.records import NewJob
+from agent.core.scheduling import Capacity, Demand, assign_gpus, pick
+from agent.db.engine import Database
+from agent.db.jobstore import Submit
+from agent.db.migrate import upgrade
+from agent.db.models import jobs
+from agent.db.queue import JobQueue
+
+GiB = 2**30
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _new(**overrides: object) -> NewJob:
+    values: dict[str, object] = {
+        "name": "j",
+        "image": "img",
+        "command": None,
+        "params": {},
+        "env": {},
+        "memory_bytes": GiB,
+        "cpus": 1.0,
+        "gpus": 0,
+        "timeout_seconds": None,
+        "max_retries": 0,
+        "priority": 0,
+    }
+    values.update(overrides)
+    return NewJob(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def queue(database_url: str) -> Iterator[JobQueue]:
+    if database_url.startswith("sqlite"):
+        upgrade(database_url)
+    db = Database(database_url)
+    yield JobQueue(db)
+    db.dispose()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def test_the_claim_statement_chooses_what_pick_chooses(queue: JobQueue) -> None:
+    """Random queues (priorities, ages, delayed retries, sizes, GPUs) and random holdings:
+    after every claim, the job taken is the one `pick` takes from the whole queue, with the
+    GPUs `assign_gpus` gives, and nothing is taken when `pick` says nothing fits."""
+    rng = random.Random(11)
+    clock = Clock()
+    queue.clock = clock
+    capacity = Capacity(slots=3, memory_bytes=8 * GiB, cpus=4.0, gpu_ids=("0", "1", "2", "10"))
+    checked = nothing = 0
+    for scenario in range(12):
+        agent = f"agent-{scenario}"
+        queue.register_agent(agent, "host", capacity)  # so `agents()` shows what it holds
+        demands: dict[str, Demand] = {}
+        for n in range(rng.randint(3, 14)):
+            clock.now = T0 + timedelta(seconds=scenario * 1000 + n)
+            job = queue.submit(
+                _new(
+                    memory_bytes=rng.choice([1, 2, 4, 8, 16]) * GiB // 2,
+                    cpus=rng.choice([0.5, 1.0, 2.0, 5.0]),
+                    gpus=rng.choice([0, 0, 1, 2, 4, 5]),
+                    priority=rng.choice([0, 0, 1, 5]),
+                ),
+                max_queued=10_000,
+            )
+            demands[job.id] = Demand(job.id, job.memory_bytes, job.cpus, job.gpus)
+        delayed = rng.sample(sorted(demands), k=min(2, len(demands)))
+        with queue.db.begin() as conn:
+            for job_id in delayed:  # a retry due later, or already due
+                due = clock.now + timedelta(seconds=rng.choice([-30, 30]))
+                conn.execute(update(jobs).where(jobs.c.id == job_id).values(not_before=due))
+        clock.now += timedelta(seconds=60)
+        starvation = rng.choice([None, 10.0, 100_000.0])
+        for _ in range(4):
+            expected = _expected(queue, agent, capacity, starvation, clock.now)
+            claim = queue.claim(agent, capacity, lease_seconds=60, starvation_seconds=starvation)
+            if expected is None:
+                assert claim is None
+                nothing += 1
+                break
+            assert claim is not None
+            job_id, gpu_ids = expected
+            assert (claim.job.id, claim.gpu_ids) == (job_id, gpu_ids)
+            assert claim.attempt == 1 and claim.job.status.value == "starting"
+            got = queue.get(job_id)
+            assert [a.gpu_ids for a in got.attempts] == [list(gpu_ids)]
+            checked += 1
+            if rng.random() < 0.3:
+                queue.release(agent, job_id, claim.attempt)
+        with queue.db.begin() as conn:  # the next scenario starts from an empty queue
+            conn.execute(update(jobs).where(jobs.c.status == "queued").values(status="cancelled"))
+    assert checked >= 12 and nothing >= 1  # both branches were exercised
+
+
+def _expected(
+    queue: JobQueue, agent: str, capacity: Capacity, starvation: float | None, now: datetime
+) -> tuple[str, tuple[str, ...]] | None:
+    """What the pure scheduler would take: the whole queue in claim order, the ledger's free."""
+    queued = [j for j in queue.list_jobs(status=None, limit=500)[0] if j.status.value == "queued"]
+    due = [j for j in queued if j.not_before is None or j.not_before <= now]
+    due.sort(key=lambda j: (-j.priority, j.created_at, j.id))
+    held = [a for a in queue.agents() if a.id == agent]
+    running, memory, cpus, gpus = 0, 0, 0.0, set()
+    if held:
+        running, memory, cpus = held[0].running, held[0].held_memory_bytes, held[0].held_cpus
+        gpus = set(held[0].gpu_holders)
+    free = capacity.remaining(count=running, memory_bytes=memory, cpus=cpus, gpus=gpus)
+    if free.slots <= 0:
+        return None
+    chosen = pick(
+        [
+            Demand(j.id, j.memory_bytes, j.cpus, j.gpus, (j.not_before or j.created_at).timestamp())
+            for j in due
+        ],
+        free,
+        capacity=capacity.whole,
+        now=now.timestamp(),
+        starvation_seconds=starvation,
+    )
+    if chosen is None:
+        return None
+    return chosen.job_id, assign_gpus(free.gpu_ids, chosen.gpus)
+
+
+def test_concurrent_submits_never_overshoot_the_bound_or_a_quota(queue: JobQueue) -> None:
+    with ThreadPoolExecutor(16) as pool:
+        outcomes = list(
+            pool.map(lambda n: _outcome(queue, _new(name=f"j{n}"), max_queued=20), range(80))
+        )
+    assert outcomes.count("ok") == 20
+    assert outcomes.count("QueueFull") == 60
+    assert queue.stats().counts["queued"] == 20
+
+    quota = Quota(max_queued=7, max_gpus=None)
+    with ThreadPoolExecutor(16) as pool:
+        outcomes = list(
+            pool.map(
+                lambda n: _outcome(
+                    queue, _new(), max_queued=10_000, owner=f"u{n % 2}", quota=quota
+                ),
+                range(40),
+            )
+        )
+    assert outcomes.count("ok") == 14  # 7 each for two owners
+    assert outcomes.count("QuotaExceeded") == 26
+
+
+def _outcome(queue: JobQueue, new: NewJob, **options: object) -> str:
+    try:
+        queue.submit(new, **options)  # type: ignore[arg-type]
+    except (QueueFull, QuotaExceeded) as exc:
+        return type(exc).__name__
+    return "ok"
+
+
+def test_one_idempotency_key_from_many_threads_makes_one_job(queue: JobQueue) -> None:
+    with ThreadPoolExecutor(16) as pool:
+        results = list(
+            pool.map(
+                lambda _: queue.submit_or_get(
+                    _new(), max_queued=100, owner="alice", idempotency_key="sweep-7"
+                ),
+                range(32),
+            )
+        )
+    ids = {job.id for job, _created in results}
+    assert len(ids) == 1
+    assert sum(created for _job, created in results) == 1
+    assert queue.stats().total == 1
+    [job] = queue.list_jobs()[0]
+    assert [e.kind for e in queue.events(job.id)] == ["submitted"]
+
+
+def test_one_batch_writes_each_submit_with_its_own_outcome(queue: JobQueue) -> None:
+    """A batch as group commit hands it over: new jobs with labels and events, a repeated
+    idempotency key answered with the first job, and refusals past the bound, in order."""
+    batch = [
+        Submit(_new(name=f"n{n}", labels={"n": str(n)}), 6, "api", "bob", None, None)
+        for n in range(5)
+    ]
+    batch.insert(2, Submit(_new(name="keyed"), 6, "api", "bob", "k1", None))
+    batch.insert(4, Submit(_new(name="again"), 6, "api", "bob", "k1", None))
+    batch.append(Submit(_new(name="over"), 6, "api", "bob", None, None))
+    outcomes = queue._write_submits(batch)
+    assert [type(o).__name__ for o in outcomes] == ["tuple"] * 7 + ["QueueFull"]
+    made = [o for o in outcomes if isinstance(o, tuple)]
+    assert [created for _job, created in made] == [True] * 4 + [False] + [True] * 2
+    assert made[4][0].id == made[2][0].id  # the repeated key: the first job back
+    stored, total = queue.list_jobs(limit=50)
+    assert total == 6
+    assert {j.name: j.labels for j in stored} == {
+        **{f"n{n}": {"n": str(n)} for n in range(5)},
+        "keyed": {},
+    }
+    for job in stored:
+        assert [e.kind for e in queue.events(job.id)] == ["submitted"]
+        assert queue.get(job.id) == replace(job, attempts=[])
