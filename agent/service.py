@@ -115,6 +115,11 @@ class TrainyardService:
             raise InvalidToken("the token is not valid (unknown or revoked)")
         return user
 
+    @property
+    def tokens_known_to_exist(self) -> bool:
+        """True once a token has been seen: then no request needs the database to learn it."""
+        return self._tokens_exist
+
     def tokens_exist(self) -> bool:
         """Whether requests need a token. Tokens are never deleted (revoking keeps the row),
         so once true this stays true and is not asked again."""

@@ -89,7 +89,7 @@ async def _trainyard_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": exc.message}, status_code=exc.status_code, headers=headers)
 
 
-def known_query_only(request: Request) -> None:
+async def known_query_only(request: Request) -> None:
     """422 for a query parameter the route does not take: `?stauts=running` silently ignored
     would list every job, and the user would never learn why."""
     if not request.query_params:

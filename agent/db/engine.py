@@ -104,7 +104,15 @@ def _make_engine(url: str, *, echo: bool) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
     prepare_sqlite_path(url)
-    engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False, "timeout": 30})
+    # A pool as large as the API's worker threads: a connection past the pool is closed after
+    # use, and opening one again (WAL, pragmas) showed up in profiles under load.
+    engine = create_engine(
+        url,
+        echo=echo,
+        pool_size=20,
+        max_overflow=40,
+        connect_args={"check_same_thread": False, "timeout": 30},
+    )
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
