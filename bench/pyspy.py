@@ -79,13 +79,37 @@ def stacks(document: dict[str, Any]) -> Iterable[tuple[list[str], float]]:
             yield [names[i] for i in sample], float(weight)
 
 
+def idle(frames: list[str]) -> bool:
+    """A thread waiting for work, not for anything a request needs: an idle AnyIO worker
+    (`WorkerThread.run` -> `Queue.get`) or the event loop in `select`."""
+    names = [f.split(" (", 1)[0] for f in frames]
+    if names and names[-1].endswith(".select"):
+        return True
+    for i, name in enumerate(names[:-1]):
+        if name == "WorkerThread.run" and names[i + 1] == "Queue.get":
+            return True
+    return False
+
+
+def busy_stacks(document: dict[str, Any]) -> tuple[list[tuple[list[str], float]], float]:
+    """The samples that are not `idle`, and the weight of those that are."""
+    busy, idle_weight = [], 0.0
+    for frames, weight in stacks(document):
+        if idle(frames):
+            idle_weight += weight
+        else:
+            busy.append((frames, weight))
+    return busy, idle_weight
+
+
 def top_functions(document: dict[str, Any], limit: int = 25) -> tuple[float, list[Row], list[Row]]:
-    """(sampled seconds, top by own time, top by total time); shares are of all samples (0..1).
-    Functions are merged over line numbers; a recursive function counts once per sample."""
+    """(sampled seconds, top by own time, top by total time); shares are of all samples (0..1)
+    that are not `idle`. Functions are merged over line numbers; a recursive function counts
+    once per sample."""
     own: defaultdict[str, float] = defaultdict(float)
     total: defaultdict[str, float] = defaultdict(float)
     samples = 0.0
-    for frames, weight in stacks(document):
+    for frames, weight in busy_stacks(document)[0]:
         samples += weight
         if frames:
             own[frames[-1]] += weight
@@ -109,11 +133,32 @@ def folded(document: dict[str, Any]) -> list[str]:
     return [f"{stack} {counts[stack]:g}" for stack in sorted(counts, key=lambda k: -counts[k])]
 
 
+def sites(document: dict[str, Any], limit: int = 15) -> list[tuple[float, str]]:
+    """(share, 'leaf <- nearest Trainyard function') of the busy samples, largest first: where
+    the time is spent or waited, seen from the product's code."""
+    busy, _ = busy_stacks(document)
+    weights: defaultdict[str, float] = defaultdict(float)
+    total = 0.0
+    for frames, weight in busy:
+        total += weight
+        ours = [f for f in frames[:-1] if OWN_CODE.search(f)]
+        leaf = frames[-1] if frames else "?"
+        weights[f"{leaf} <- {ours[-1] if ours else '(no Trainyard frame)'}"] += weight
+    ranked = sorted(weights, key=lambda k: -weights[k])[:limit]
+    return [(weights[k] / total, k) for k in ranked] if total else []
+
+
 def report(speedscope: Path, limit: int = 25) -> str:
     """The text summary of a speedscope file: top functions by own and by total time."""
     document = json.loads(speedscope.read_text())
     samples, by_own, by_total = top_functions(document, limit)
-    lines = [f"{samples:.2f} thread-seconds sampled (idle threads left out)", "", "by own time:"]
+    _, idle_weight = busy_stacks(document)
+    lines = [
+        f"{samples:.2f} thread-seconds sampled (and {idle_weight:.2f} s of idle threads left out:"
+        " AnyIO workers waiting for work, the event loop in select)",
+        "",
+        "by own time:",
+    ]
     lines += [f"  {r.own:6.1%} own  {r.total:6.1%} total  {r.function}" for r in by_own]
     lines += ["", "by total time (own + callees):"]
     lines += [f"  {r.total:6.1%} total  {r.own:6.1%} own  {r.function}" for r in by_total]
@@ -121,4 +166,11 @@ def report(speedscope: Path, limit: int = 25) -> str:
     ours = [r for r in everything if OWN_CODE.search(r.function)][:limit]
     lines += ["", "Trainyard's own functions by total time:"]
     lines += [f"  {r.total:6.1%} total  {r.own:6.1%} own  {r.function}" for r in ours]
+    lines += ["", "where the time goes, by leaf and the nearest Trainyard function:"]
+    lines += [f"  {share:6.1%}  {site}" for share, site in sites(document)]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m bench.pyspy FILE.speedscope.json ...: the summaries again
+    for name in sys.argv[1:]:
+        print(f"== {name}\n{report(Path(name))}\n")
