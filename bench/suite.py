@@ -259,6 +259,26 @@ def _f(value: float | None, spec: str = ",.0f") -> str:
     return format(value, spec)
 
 
+SUBMIT_GOALS = {"sqlite": 1500.0, "postgres": 1000.0}
+SUBMIT_GOAL_CLIENTS = 16
+SUBMIT_GOAL_P99_MS = 50.0
+
+
+def goal_verdict(row: dict[str, Any]) -> str:
+    """'meets'/'misses' for a 16-client POST /jobs row of bench.submit's JSON, else ''."""
+    goal = SUBMIT_GOALS.get(str(row.get("db")))
+    if goal is None or row.get("clients") != SUBMIT_GOAL_CLIENTS:
+        return ""
+    p99 = row.get("p99_ms")
+    met = (
+        (row.get("rate") or 0) >= goal
+        and p99 is not None
+        and p99 <= SUBMIT_GOAL_P99_MS
+        and not row.get("errors")
+    )
+    return "meets" if met else "misses"
+
+
 def summary_lines(outcome: Outcome, mode: Mode, facts: str) -> list[str]:
     lines = ["", "=" * 100, f"bench suite summary ({mode.description})", f"  {facts}"]
     if "submit" in outcome.status:
@@ -269,7 +289,7 @@ def summary_lines(outcome: Outcome, mode: Mode, facts: str) -> list[str]:
         rows = (outcome.submit or {}).get("results", [])
         lines.append(
             f"  {'db':9} {'preload':>8} {'clients':>7} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7}"
-            f" {'errors':>6}"
+            f" {'errors':>6}  goal"
         )
         for r in rows:
             if r["what"] != "POST /jobs":
@@ -277,6 +297,7 @@ def summary_lines(outcome: Outcome, mode: Mode, facts: str) -> list[str]:
             lines.append(
                 f"  {r['db']:9} {r['preload']:>8,} {r['clients']:>7} {_f(r['rate']):>8} "
                 f"{_f(r['p50_ms'], '.1f'):>7} {_f(r['p99_ms'], '.1f'):>7} {r['errors']:>6}"
+                f"  {goal_verdict(r)}"
             )
         ceiling = [r for r in rows if r["what"] == "loadgen ceiling"]
         if ceiling:
@@ -303,7 +324,8 @@ def summary_lines(outcome: Outcome, mode: Mode, facts: str) -> list[str]:
         agent = statistics.fmean(d.agent_statements) if d.agent_statements else None
         submit = statistics.fmean(d.submit_statements) if d.submit_statements else None
         lines.append(
-            f"  SQL statements per job: agent {_f(agent, '.1f')}, submit side {_f(submit, '.1f')}"
+            f"  SQL statements per job: agent {_f(agent, '.1f')}, bench/api side"
+            f" {_f(submit, '.1f')} (submits plus the bench's own polling)"
         )
         running = statistics.fmean(d.running_p50_ms) if d.running_p50_ms else None
         engine = statistics.fmean(d.create_start_p50_ms) if d.create_start_p50_ms else None

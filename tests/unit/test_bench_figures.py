@@ -8,7 +8,7 @@ from collections import Counter
 
 from bench.loadgen import build_request, percentile, summarize
 from bench.pyspy import folded, top_functions
-from bench.suite import old_concurrency_cli, parse_claims, parse_throughput
+from bench.suite import goal_verdict, old_concurrency_cli, parse_claims, parse_throughput
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -134,3 +134,13 @@ def test_old_concurrency_cli_is_recognised() -> None:
     assert old_concurrency_cli(error, 2)
     assert not old_concurrency_cli(error, 0)
     assert not old_concurrency_cli("fine", 2)
+
+
+def test_goal_verdict_of_a_submit_row() -> None:
+    row = {"db": "sqlite", "clients": 16, "rate": 1600.0, "p99_ms": 40.0, "errors": 0}
+    assert goal_verdict(row) == "meets"
+    assert goal_verdict({**row, "p99_ms": 51.0}) == "misses"
+    assert goal_verdict({**row, "errors": 1}) == "misses"
+    assert goal_verdict({**row, "db": "postgres", "rate": 1000.0}) == "meets"
+    assert goal_verdict({**row, "rate": 1400.0}) == "misses"
+    assert goal_verdict({**row, "clients": 1}) == ""
