@@ -282,6 +282,7 @@ def loadgen(
     if body is not None:
         cmd += ["--body-file", str(body)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    checkpoint()  # a Ctrl-C reached the generator too: stop here, not with its traceback
     if done.returncode != 0 or not done.stdout.strip():
         raise RuntimeError(f"loadgen failed ({done.returncode}):\n{done.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
