@@ -49,8 +49,10 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 
+# The whole bench suite (bench/README.md): `make bench BENCH_ARGS=--quick` for a few minutes.
 bench: venv engine images
-	$(BIN)/python -m bench.throughput
+	scripts/ensure-postgres.sh
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean-containers:
 	docker ps -aq --filter label=trainyard.job_id | xargs -r docker rm -f
