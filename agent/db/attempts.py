@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 
 from agent.core.errors import StaleState
 from agent.core.jobs import JobStatus
@@ -16,9 +16,25 @@ from agent.core.records import ActiveAttempt, AttemptResult, Claim
 from agent.core.retry import RetryDecision
 from agent.db import mapping
 from agent.db.engine import Database
-from agent.db.models import attempts, gpu_holds, jobs
+from agent.db.models import UTCDateTime, attempts, gpu_holds, jobs
 from agent.db.transitions import ACTIVE, ADD_EVENT, cas, event_values
 
+# Built once (hot: every attempt ends with them).
+_RELEASE = (
+    update(attempts)
+    .where(
+        attempts.c.job_id == bindparam("b_job"),
+        attempts.c.number == bindparam("b_attempt"),
+        attempts.c.agent_id == bindparam("b_agent"),
+        attempts.c.released_at.is_(None),
+    )
+    .values(released_at=bindparam("b_now", type_=UTCDateTime()))
+)
+_DROP_HOLDS = delete(gpu_holds).where(
+    gpu_holds.c.agent_id == bindparam("b_agent"),
+    gpu_holds.c.job_id == bindparam("b_job"),
+    gpu_holds.c.attempt == bindparam("b_attempt"),
+)
 # A job and its current attempt, as `mapping.active` reads them.
 _ACTIVE_COLUMNS = (
     jobs.c.id.label("job_id"),
@@ -145,24 +161,10 @@ class Attempts:
 
     def release(self, agent_id: str, job_id: str, attempt: int) -> None:
         """The attempt's container is confirmed gone: free its memory, CPUs and GPUs."""
+        which = {"b_agent": agent_id, "b_job": job_id, "b_attempt": attempt}
         with self.db.begin() as conn:
-            conn.execute(
-                update(attempts)
-                .where(
-                    attempts.c.job_id == job_id,
-                    attempts.c.number == attempt,
-                    attempts.c.agent_id == agent_id,
-                    attempts.c.released_at.is_(None),
-                )
-                .values(released_at=self.clock())
-            )
-            conn.execute(
-                delete(gpu_holds).where(
-                    gpu_holds.c.agent_id == agent_id,
-                    gpu_holds.c.job_id == job_id,
-                    gpu_holds.c.attempt == attempt,
-                )
-            )
+            conn.execute(_RELEASE, which | {"b_now": self.clock()})
+            conn.execute(_DROP_HOLDS, which)
 
     def unreleased(self, agent_id: str) -> set[tuple[str, int]]:
         """Attempts whose resources this agent still holds in the ledger."""

@@ -90,40 +90,46 @@ class Claims:
             free = _free(conn, agent_id, capacity)
             if free.slots <= 0:
                 return None
-            picked = conn.execute(
-                select(jobs.c.id, jobs.c.not_before)
-                .where(*_pickable(now, free, capacity, starvation_seconds))
-                .order_by(*CLAIM_ORDER)
-                .limit(1)
-            ).first()
+            params: dict[str, Any] = {
+                "now": now,
+                "free_memory": free.memory_bytes,
+                "free_cpus": free.cpus + CPU_SLACK,
+                "free_gpus": len(free.gpu_ids),
+            }
+            pick = _PICK
+            if starvation_seconds is not None:
+                pick = _PICK_UNLESS_STARVING
+                params |= {
+                    "memory": capacity.memory_bytes,
+                    "cpus": capacity.cpus + CPU_SLACK,
+                    "gpus": len(capacity.gpu_ids),
+                    "starving": now - timedelta(seconds=starvation_seconds),
+                }
+            picked = conn.execute(pick, params).first()
             if picked is None:
                 return None
-            row = (
-                conn.execute(
-                    update(jobs)
-                    .where(jobs.c.id == picked.id, jobs.c.status == QUEUED)
-                    .values(_taken(agent_id, token, now, lease_seconds))
-                    .returning(*jobs.c)
-                )
-                .mappings()
-                .one()
-            )
+            taken = {
+                "b_id": picked.id,
+                "b_agent": agent_id,
+                "b_token": token,
+                "b_expires": now + timedelta(seconds=lease_seconds),
+                "b_now": now,
+            }
+            row = conn.execute(_TAKE, taken).mappings().one()
             gpu_ids = assign_gpus(free.gpu_ids, row["gpus"])
-            conn.execute(insert(attempts), _attempt(row, agent_id, token, gpu_ids, now))
+            conn.execute(_ADD_ATTEMPT, _attempt(row, agent_id, token, gpu_ids, now))
             if gpu_ids:
-                conn.execute(
-                    insert(gpu_holds),
-                    [
-                        {
-                            "agent_id": agent_id,
-                            "gpu_id": gpu,
-                            "job_id": row["id"],
-                            "attempt": row["attempt_count"],
-                            "acquired_at": now,
-                        }
-                        for gpu in gpu_ids
-                    ],
-                )
+                holds = [
+                    {
+                        "agent_id": agent_id,
+                        "gpu_id": gpu,
+                        "job_id": row["id"],
+                        "attempt": row["attempt_count"],
+                        "acquired_at": now,
+                    }
+                    for gpu in gpu_ids
+                ]
+                conn.execute(_ADD_HOLDS, holds)
             conn.execute(ADD_EVENT, _claimed_event(row, agent_id, gpu_ids, now))
         return _claim(row, agent_id, token, gpu_ids, picked.not_before)
 
@@ -161,17 +167,7 @@ class Claims:
 
 def _free(conn: Connection, agent_id: str, capacity: Capacity) -> Free:
     """What this agent has left, by the ledger: one statement."""
-    held_gpus = select(func.group_concat(gpu_holds.c.gpu_id, ",")).where(
-        gpu_holds.c.agent_id == agent_id
-    )
-    count, memory, cpus, gpus = conn.execute(
-        select(
-            func.count(),
-            func.coalesce(func.sum(attempts.c.memory_bytes), 0),
-            func.coalesce(func.sum(attempts.c.cpus), 0.0),
-            held_gpus.scalar_subquery(),
-        ).where(attempts.c.agent_id == agent_id, attempts.c.released_at.is_(None))
-    ).one()
+    count, memory, cpus, gpus = conn.execute(_HELD, {"agent": agent_id}).one()
     return capacity.remaining(
         count=int(count),
         memory_bytes=int(memory),
@@ -180,55 +176,68 @@ def _free(conn: Connection, agent_id: str, capacity: Capacity) -> Free:
     )
 
 
-def _fits(free: Free) -> ColumnElement[bool]:
+# The SQLite claim's statements, built once: executing a prebuilt statement skips building it
+# and working out its cache key, which had been most of a claim's Python time.
+_HELD = select(
+    func.count(),
+    func.coalesce(func.sum(attempts.c.memory_bytes), 0),
+    func.coalesce(func.sum(attempts.c.cpus), 0.0),
+    select(func.group_concat(gpu_holds.c.gpu_id, ","))
+    .where(gpu_holds.c.agent_id == bindparam("agent"))
+    .scalar_subquery(),
+).where(attempts.c.agent_id == bindparam("agent"), attempts.c.released_at.is_(None))
+
+
+def _fits(table: Any, memory: str, cpus: str, gpus: str) -> ColumnElement[bool]:
+    """The row fits these bound amounts (CPUs come with `CPU_SLACK` added)."""
     return and_(
-        jobs.c.memory_bytes <= free.memory_bytes,
-        jobs.c.cpus <= free.cpus + CPU_SLACK,
-        jobs.c.gpus <= len(free.gpu_ids),
+        table.c.memory_bytes <= bindparam(memory),
+        table.c.cpus <= bindparam(cpus),
+        table.c.gpus <= bindparam(gpus),
     )
 
 
-def _pickable(
-    now: datetime, free: Free, capacity: Capacity, starvation_seconds: float | None
-) -> list[ColumnElement[bool]]:
-    """`pick` as a WHERE clause: due, fits what is free, and no starved head is waiting."""
-    due = and_(jobs.c.status == QUEUED, or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now))
-    where = [due, _fits(free)]
-    if starvation_seconds is not None:
-        head = (
-            select(
-                jobs.c.memory_bytes, jobs.c.cpus, jobs.c.gpus, jobs.c.not_before, jobs.c.created_at
-            )
-            .where(due, _fits(capacity.whole))
-            .order_by(*CLAIM_ORDER)
-            .limit(1)
-            .subquery("head")
-        )
-        since = func.coalesce(head.c.not_before, head.c.created_at)
-        starved = select(literal(1)).where(
-            since <= now - timedelta(seconds=starvation_seconds),
-            not_(
-                and_(
-                    head.c.memory_bytes <= free.memory_bytes,
-                    head.c.cpus <= free.cpus + CPU_SLACK,
-                    head.c.gpus <= len(free.gpu_ids),
-                )
-            ),
-        )
-        where.append(not_(starved.exists()))
-    return where
-
-
-def _taken(agent_id: str, token: str, now: datetime, lease_seconds: float) -> dict[str, Any]:
-    return {
-        "status": STARTING,
-        "agent_id": agent_id,
-        "lease_token": token,
-        "lease_expires_at": now + timedelta(seconds=lease_seconds),
-        "attempt_count": jobs.c.attempt_count + 1,
-        "not_before": None,
-        "updated_at": now,
-    }
+_DUE = and_(
+    jobs.c.status == QUEUED,
+    or_(jobs.c.not_before.is_(None), jobs.c.not_before <= bindparam("now", type_=UTCDateTime())),
+)
+_PICK = (
+    select(jobs.c.id, jobs.c.not_before)
+    .where(_DUE, _fits(jobs, "free_memory", "free_cpus", "free_gpus"))
+    .order_by(*CLAIM_ORDER)
+    .limit(1)
+)
+# `pick`'s head: the first due job that could ever run here. While it has waited past the
+# starvation bound and does not fit what is free, nothing smaller is started in its gap.
+_HEAD = (
+    select(jobs.c.memory_bytes, jobs.c.cpus, jobs.c.gpus, jobs.c.not_before, jobs.c.created_at)
+    .where(_DUE, _fits(jobs, "memory", "cpus", "gpus"))
+    .order_by(*CLAIM_ORDER)
+    .limit(1)
+    .subquery("head")
+)
+_STARVING_HEAD = select(literal(1)).where(
+    func.coalesce(_HEAD.c.not_before, _HEAD.c.created_at)
+    <= bindparam("starving", type_=UTCDateTime()),
+    not_(_fits(_HEAD, "free_memory", "free_cpus", "free_gpus")),
+)
+_PICK_UNLESS_STARVING = _PICK.where(not_(_STARVING_HEAD.exists()))
+_TAKE = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("b_id"), jobs.c.status == QUEUED)
+    .values(
+        status=STARTING,
+        agent_id=bindparam("b_agent"),
+        lease_token=bindparam("b_token"),
+        lease_expires_at=bindparam("b_expires", type_=UTCDateTime()),
+        attempt_count=jobs.c.attempt_count + 1,
+        not_before=None,
+        updated_at=bindparam("b_now", type_=UTCDateTime()),
+    )
+    .returning(*jobs.c)
+)
+_ADD_ATTEMPT = insert(attempts)
+_ADD_HOLDS = insert(gpu_holds)
 
 
 def _attempt(

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from agent.core.errors import DatabaseUnavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 READ_ONLY = "trainyard_read_only"
+DURABLE = "trainyard_durable"
 
 
 class Database:
@@ -26,30 +29,34 @@ class Database:
         self.url = url
         self.dialect = make_url(url).get_backend_name()
         self.engine = _make_engine(url, echo=echo)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        # SQLite has one writer at a time. Threads of this process queue for it here, woken the
-        # moment it is free, instead of in SQLite's busy handler, which sleeps 1, 2, 5 … 100 ms
-        # between tries (that sleep was most of the p99 of concurrent submits).
-        self._write_lock = threading.Lock() if self.is_sqlite else None
+        self._writer_lock = WriterLock(url) if self.is_sqlite else None
 
     @property
     def is_sqlite(self) -> bool:
         return self.dialect == "sqlite"
 
-    def _writer(self) -> threading.Lock | nullcontext[None]:
-        return self._write_lock if self._write_lock is not None else nullcontext()
+    def _writer(self) -> AbstractContextManager[None]:
+        return self._writer_lock.held() if self._writer_lock is not None else nullcontext()
 
     @contextmanager
-    def transaction(self) -> Iterator[Session]:
-        with _translated(), self._writer(), self._sessions() as session, session.begin():
-            yield session
+    def transaction(self, *, durable: bool = False) -> Iterator[Session]:
+        """A write transaction with an ORM session; `durable` as in `begin`."""
+        with _translated(), self._writer(), self.engine.connect() as conn:
+            if durable:
+                conn.execution_options(**{DURABLE: True})
+            with Session(bind=conn, expire_on_commit=False) as session, session.begin():
+                yield session
 
     @contextmanager
-    def begin(self) -> Iterator[Connection]:
+    def begin(self, *, durable: bool = False) -> Iterator[Connection]:
         """A write transaction in SQLAlchemy Core: the hot paths use it (no ORM unit of work,
-        identity map or row objects)."""
-        with _translated(), self._writer(), self.engine.begin() as conn:
-            yield conn
+        identity map or row objects). `durable`: what it writes has been promised to someone
+        (a 201): on SQLite its commit waits for the disk, so it survives a power loss too."""
+        with _translated(), self._writer(), self.engine.connect() as conn:
+            if durable:
+                conn.execution_options(**{DURABLE: True})
+            with conn.begin():
+                yield conn
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -81,6 +88,44 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._writer_lock is not None:
+            self._writer_lock.close()
+
+
+class WriterLock:
+    """SQLite has one writer at a time. Writers queue for it here, each woken the moment it is
+    free: threads of this process on a lock, processes on an flock of a file beside the
+    database. Left to SQLite's busy handler, they would sleep 1, 2, 5 … 100 ms between tries;
+    that sleep was most of the p99 of concurrent submits. SQLite's own locking still decides;
+    a writer that does not take this lock (a migration, the sqlite3 shell) is merely not
+    queued."""
+
+    def __init__(self, url: str) -> None:
+        self._threads = threading.Lock()
+        self._fd: int | None = None
+        path = make_url(url).database
+        if path not in (None, "", ":memory:"):
+            try:
+                self._fd = os.open(f"{path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError:
+                self._fd = None  # a read-only folder: only threads are queued
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._threads:
+            if self._fd is None:
+                yield
+                return
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 @contextmanager
@@ -118,7 +163,7 @@ def _make_engine(url: str, *, echo: bool) -> Engine:
     return engine
 
 
-def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_on_connect(dbapi_conn: Any, record: Any) -> None:
     # Take transaction control from pysqlite so BEGIN IMMEDIATE below is what really runs:
     # a writer then holds the lock from its first statement and never fails on lock upgrade.
     dbapi_conn.isolation_level = None
@@ -126,13 +171,24 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
-    # FULL: a commit (a submit's 201 among them) survives power loss, not just a crash of
-    # this process. It costs one fsync of the WAL per commit (~0.15 ms here), which group
-    # commit shares between concurrent submits.
-    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    record.info["synchronous"] = "NORMAL"
     cursor.close()
 
 
 def _sqlite_on_begin(conn: Any) -> None:
-    read_only = conn.get_execution_options().get(READ_ONLY, False)
-    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+    options = conn.get_execution_options()
+    if options.get(READ_ONLY, False):
+        conn.exec_driver_sql("BEGIN")
+        return
+    # NORMAL: a commit survives this process crashing, and WAL is synced at checkpoints.
+    # FULL (durable writes: a submit's 201, a cancel): the commit also waits for an fsync of
+    # the WAL, ~0.2-1 ms here, so it survives a power loss; group commit shares that fsync
+    # between concurrent submits. The agent's own writes are rebuilt by reconciliation after
+    # a crash, so they do not pay it.
+    wanted = "FULL" if options.get(DURABLE, False) else "NORMAL"
+    info = conn.connection.info
+    if info.get("synchronous") != wanted:
+        conn.exec_driver_sql(f"PRAGMA synchronous={wanted}")
+        info["synchronous"] = wanted
+    conn.exec_driver_sql("BEGIN IMMEDIATE")

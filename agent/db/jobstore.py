@@ -46,6 +46,12 @@ NOT_YET: dict[str, Any] = dict.fromkeys(
 )
 
 
+# Built once: a prebuilt statement skips building it and working out its cache key.
+_COUNT_QUEUED = select(func.count()).where(jobs.c.status == QUEUED)
+_ADD_JOBS = insert(jobs)
+_ADD_LABELS = insert(job_labels)
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 
@@ -119,10 +125,10 @@ class JobStore:
         labels: list[dict[str, Any]] = []
         keyed: dict[tuple[str | None, str], Job] = {}
         owners: dict[str, _Owner] = {}
-        with self.db.begin() as conn:
+        with self.db.begin(durable=True) as conn:
             if not self.db.is_sqlite:  # SQLite's BEGIN IMMEDIATE already serialises writers
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SUBMIT_LOCK_KEY})
-            queued = conn.scalar(select(func.count()).where(jobs.c.status == QUEUED)) or 0
+            queued = conn.scalar(_COUNT_QUEUED) or 0
             for one in batch:
                 key = (one.owner, one.idempotency_key) if one.idempotency_key else None
                 first = None
@@ -156,9 +162,9 @@ class JobStore:
                 if one.owner in owners:
                     owners[one.owner].queued += 1
             if rows:
-                conn.execute(insert(jobs), rows)
+                conn.execute(_ADD_JOBS, rows)
                 if labels:
-                    conn.execute(insert(job_labels), labels)
+                    conn.execute(_ADD_LABELS, labels)
                 conn.execute(
                     ADD_EVENT,
                     [
@@ -289,7 +295,7 @@ class JobStore:
         child table's foreign key is ON DELETE CASCADE, and SQLite connections enforce foreign
         keys). The caller removes its files. JobNotFound, or InvalidTransition (409) while it
         is not final."""
-        with self.db.begin() as conn:
+        with self.db.begin(durable=True) as conn:
             row = _visible(conn, job_id, owner)
             check_deletable(job_id, JobStatus(row["status"]))
             conn.execute(delete(jobs).where(jobs.c.id == job_id))
@@ -298,7 +304,7 @@ class JobStore:
         """Cancel a queued job at once; flag an active one for its agent to stop. With
         `owner`, another owner's job is not found."""
         now = self.clock()
-        with self.db.begin() as conn:
+        with self.db.begin(durable=True) as conn:
             query = select(
                 jobs.c.status, jobs.c.owner, jobs.c.cancel_requested_at, jobs.c.attempt_count
             )

@@ -50,7 +50,7 @@ class TokenStore:
             created_at=self.clock(),
             revoked_at=None,
         )
-        with self.db.transaction() as s:
+        with self.db.transaction(durable=True) as s:
             s.add(row)
             s.flush()
             return _info(row), secret
@@ -94,7 +94,7 @@ class TokenStore:
             matches.append(TokenRow.token_hash == hash_token(reference))
             if len(reference) <= SHOWN_PREFIX_CHARS:
                 matches.append(TokenRow.prefix.startswith(reference, autoescape=True))
-        with self.db.transaction() as s:
+        with self.db.transaction(durable=True) as s:
             rows = list(s.scalars(select(TokenRow).where(or_(*matches))))
             exact = [row for row in rows if row.id == reference]
             rows = exact or rows

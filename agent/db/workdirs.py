@@ -31,7 +31,7 @@ class WorkdirStore:
         """Store the archive unless it is there already: True when it was stored now. The
         digest names the content, so a second upload of the same bytes changes nothing."""
         try:
-            with self.db.transaction() as s:
+            with self.db.transaction(durable=True) as s:
                 if s.get(WorkdirRow, digest) is not None:
                     return False
                 s.add(

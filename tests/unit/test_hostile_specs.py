@@ -271,6 +271,8 @@ HOSTILE = [
 class UnreachableService:
     """The service behind the API: a hostile spec must never get this far."""
 
+    tokens_known_to_exist = False
+
     def submit(self, spec: JobSpec, **_kwargs: Any) -> Any:
         raise AssertionError(f"a hostile spec reached the service: {spec!r:.200}")
 
