@@ -104,28 +104,36 @@ class WriterLock:
         self._threads = threading.Lock()
         self._fd: int | None = None
         path = make_url(url).database
-        if path not in (None, "", ":memory:"):
+        self._path = f"{path}-writer.lock" if path not in (None, "", ":memory:") else None
+
+    def _file(self) -> int | None:
+        """The lock file, opened at the first write: a Database made for a folder that is
+        gone or read-only by then queues only its threads (SQLite reports the real error)."""
+        if self._fd is None and self._path is not None:
             try:
-                self._fd = os.open(f"{path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
             except OSError:
-                self._fd = None  # a read-only folder: only threads are queued
+                return None
+        return self._fd
 
     @contextmanager
     def held(self) -> Iterator[None]:
         with self._threads:
-            if self._fd is None:
+            fd = self._file()
+            if fd is None:
                 yield
                 return
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with self._threads:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 @contextmanager
