@@ -160,7 +160,7 @@ class Attempts:
         return target
 
     def release(self, agent_id: str, job_id: str, attempt: int) -> None:
-        """The attempt's container is confirmed gone: free its memory, CPUs and GPUs."""
+        """The attempt's container has exited (or is gone): free its memory, CPUs and GPUs."""
         which = {"b_agent": agent_id, "b_job": job_id, "b_attempt": attempt}
         with self.db.begin() as conn:
             conn.execute(_RELEASE, which | {"b_now": self.clock()})

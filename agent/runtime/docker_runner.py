@@ -122,43 +122,48 @@ class DockerRunner:
         volumes.update(
             {host: {"bind": inner, "mode": "ro"} for host, inner in spec.read_only_mounts.items()}
         )
-        container = _call(
+        api = self.client.api
+        # The low-level call: `containers.create` would inspect the new container once more
+        # to build a model object, an engine round trip per job for nothing.
+        created = _call(
             f"create container for {spec.image}",
-            lambda: self.client.containers.create(
+            lambda: api.create_container(
                 spec.image,
                 command=spec.command,
                 name=spec.name,
                 environment=spec.env,
                 labels=spec.labels,
-                mem_limit=spec.memory_bytes,
-                memswap_limit=spec.memory_bytes,  # swap never above the memory limit
-                nano_cpus=spec.nano_cpus,
-                pids_limit=spec.pids_limit,
-                # Docker's init (tini) as PID 1: it forwards SIGTERM to the command, which as
-                # PID 1 itself would ignore it without a handler (and be killed after the
-                # grace period, losing its chance to save), and it reaps zombie processes.
-                init=True,
                 user=spec.user,
-                network_mode="none",
-                security_opt=["no-new-privileges"],
-                cap_drop=["ALL"],
-                device_requests=device_requests,
-                volumes=volumes or None,
                 working_dir=spec.working_dir,
-                read_only=spec.read_only_rootfs,
-                tmpfs=spec.tmpfs or None,
-                log_config=LogConfig(
-                    type=LogConfig.types.JSON,
-                    config={
-                        "max-size": str(spec.engine_log_max_bytes),
-                        "max-file": str(spec.engine_log_max_files),
-                    },
-                ),
                 detach=True,
-                auto_remove=False,  # the agent removes it after storing the result
+                host_config=api.create_host_config(
+                    mem_limit=spec.memory_bytes,
+                    memswap_limit=spec.memory_bytes,  # swap never above the memory limit
+                    nano_cpus=spec.nano_cpus,
+                    pids_limit=spec.pids_limit,
+                    # Docker's init (tini) as PID 1: it forwards SIGTERM to the command, which
+                    # as PID 1 itself would ignore it without a handler (and be killed after
+                    # the grace period, losing its chance to save), and it reaps zombies.
+                    init=True,
+                    network_mode="none",
+                    security_opt=["no-new-privileges"],
+                    cap_drop=["ALL"],
+                    device_requests=device_requests,
+                    binds=volumes or None,
+                    read_only=spec.read_only_rootfs,
+                    tmpfs=spec.tmpfs or None,
+                    log_config=LogConfig(
+                        type=LogConfig.types.JSON,
+                        config={
+                            "max-size": str(spec.engine_log_max_bytes),
+                            "max-file": str(spec.engine_log_max_files),
+                        },
+                    ),
+                    auto_remove=False,  # the agent removes it after storing the result
+                ),
             ),
         )
-        return str(container.id)
+        return str(created["Id"])
 
     def disk_usage(self, container_id: str) -> int:
         api = self.client.api

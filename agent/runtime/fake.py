@@ -74,6 +74,7 @@ class FakeRuntime:
         self.created: list[ContainerSpec] = []
         self.removed: list[str] = []
         self.stops: list[tuple[str, float]] = []
+        self.remove_gate: threading.Event | None = None  # set: removals wait until it opens
         self._ids = itertools.count(1)
         self._clock = itertools.count(1)
         self._lock = threading.Lock()
@@ -161,6 +162,8 @@ class FakeRuntime:
         return self.containers[container_id].behaviour.disk_bytes
 
     def remove(self, container_id: str) -> bool:
+        if self.remove_gate is not None:
+            self.remove_gate.wait()
         self._check_engine()
         with self._lock:
             container = self.containers.pop(container_id, None)

@@ -75,6 +75,10 @@ class Agent:
         self._running: dict[tuple[str, int], tuple[AttemptExecution, threading.Thread]] = {}
         self._thread: threading.Thread | None = None
         self._cancel_hint = threading.Event()  # a NOTIFY said a cancel was asked for
+        # Ask the database again when the next delayed retry falls due: an attempt ended (it
+        # may be one), a NOTIFY came, or at every timed poll; not on each submit or freed slot.
+        self._due_hint = threading.Event()
+        self._due_hint.set()
         self._listener: Listener | None = None
         if not queue.db.is_sqlite:
             self._listener = Listener(queue.db.url, self._notified)
@@ -153,6 +157,7 @@ class Agent:
     def _notified(self, channel: str, _payload: str) -> None:
         if channel == CANCEL_CHANNEL:
             self._cancel_hint.set()
+        self._due_hint.set()
         self._wake.set()
 
     def cancel(self, job_id: str, actor: str) -> bool:
@@ -187,6 +192,7 @@ class Agent:
         reconcile = Every(self.settings.reconcile_interval, start_due=False)
         next_poll = 0.0  # claim at once on start
         woken = True
+        due_at: float | None = None  # the next delayed retry, on the monotonic clock
         while not self._stopping.is_set():
             now = time.monotonic()
             if self._cancel_hint.is_set() or leases.due(now):
@@ -203,7 +209,10 @@ class Agent:
                     next_poll = now + self.settings.poll_interval
                     self._duty("claim", self._fill)
             timeout = min(CANCEL_POLL_SECONDS, max(0.0, next_poll - time.monotonic()))
-            due = self._seconds_until_due()
+            if not woken or self._due_hint.is_set():
+                self._due_hint.clear()
+                due_at = self._next_due_at()
+            due = None if due_at is None else max(0.0, due_at - time.monotonic())
             # A retry that is already due but was not claimable here (no room, does not fit)
             # waits for the next poll or wake-up, not for a tight loop of claims.
             if due is not None and 0 < due < timeout:
@@ -230,20 +239,27 @@ class Agent:
         HEARTBEATS.inc()
         self.janitor.sweep((ex.job_id, ex.claim.attempt) for ex in self._executions())
 
-    def _seconds_until_due(self) -> float | None:
+    def _next_due_at(self) -> float | None:
         try:
             due = self.queue.next_due()
         except Exception:
             return None
         if due is None:
             return None
-        return max(0.0, (due - datetime.now(UTC)).total_seconds())
+        return time.monotonic() + (due - datetime.now(UTC)).total_seconds()
 
     def check_engine(self) -> bool:
         return self.engine.check()
 
+    def _slots_full(self) -> bool:
+        """Every slot is held by an attempt of this process: a claim would only find that out
+        (in a write transaction). Only this agent's releases free its slots, and each wakes it."""
+        with self._lock:
+            held = sum(1 for execution, _ in self._running.values() if not execution.released)
+        return held >= self.capacity.slots
+
     def _fill(self) -> None:
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and not self._slots_full():
             claim = self.queue.claim(
                 self.settings.agent_id,
                 self.capacity,
@@ -268,6 +284,7 @@ class Agent:
             adopt=adopt,
             on_infra_error=self.engine.suspect,
             workdirs=self.workdirs,
+            on_freed=self._wake.set,
         )
         thread = threading.Thread(
             target=execution.run, name=f"job-{claim.job.id[:8]}-{claim.attempt}", daemon=True
@@ -285,6 +302,7 @@ class Agent:
         GPU_METRICS.finish((execution.job_id, execution.claim.attempt))
         if self.engine.error is None and execution.result is None:
             self.engine.check()  # a platform failure may mean the engine is gone
+        self._due_hint.set()  # a retry it scheduled
         self._wake.set()
 
     # --- reconciliation ------------------------------------------------------------------------

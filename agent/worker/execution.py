@@ -76,6 +76,7 @@ class AttemptExecution:
         adopt: Adoption | None = None,
         on_infra_error: Callable[[], object] | None = None,
         workdirs: WorkdirCache | None = None,
+        on_freed: Callable[[], object] | None = None,
     ) -> None:
         self.claim = claim
         self.workdirs = workdirs
@@ -86,6 +87,8 @@ class AttemptExecution:
         self.policy = policy
         self.on_done = on_done
         self.on_infra_error = on_infra_error
+        self.on_freed = on_freed
+        self.released = False  # its resources are free in the ledger
         self._stop_request: StopRequest | None = None
         self._stop_event = threading.Event()
         self.container_id: str | None = None
@@ -142,7 +145,7 @@ class AttemptExecution:
             # collects the real exit later instead of calling the attempt lost. A detached
             # container keeps running, holding its resources, for the next agent.
             gone = self._remove_container(writer) if stored else False
-            if gone:
+            if gone and not self.released:
                 self._release()
             writer.close()
             self.on_done(self)
@@ -152,6 +155,17 @@ class AttemptExecution:
             self.queue.release(self.settings.agent_id, self.job_id, self.claim.attempt)
         except Exception as exc:  # reconcile releases it later
             log.warning("job %s: could not release its resources: %s", self.job_id, exc)
+            return
+        self.released = True
+        if self.on_freed is not None:
+            self.on_freed()
+
+    def _container_exited(self) -> None:
+        """An exited container holds no memory, CPU or GPU: the ledger lets them go at once, so
+        the next job's claim, create and start overlap this one's log drain, result and removal
+        (off the slot's critical path). The removal stays guaranteed: a crash from here on
+        leaves a container that reconcile removes, or adopts to collect a result not stored."""
+        self._release()
 
     # --- the steps ---------------------------------------------------------------------------
 
@@ -296,6 +310,7 @@ class AttemptExecution:
             stall_seconds=job.stall_timeout_seconds,
             disk_over=(lambda: self._disk_over(container_id)) if job.disk_bytes else None,
             disk_check_seconds=self.settings.disk_check_seconds,
+            on_exit=self._container_exited,
         )
 
     def _more_limits(self) -> str:

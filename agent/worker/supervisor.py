@@ -71,8 +71,10 @@ class Supervisor:
         stall_seconds: float | None = None,
         disk_over: Callable[[], str | None] | None = None,
         disk_check_seconds: float = 15.0,
+        on_exit: Callable[[], None] | None = None,
     ) -> None:
         self._runtime = runtime
+        self._on_exit = on_exit
         self._container_id = container_id
         self._pump = pump
         self._deadline = deadline
@@ -111,6 +113,8 @@ class Supervisor:
                 self._stop()
         # The attempt is not over until the engine has delivered every line it holds.
         drain = self._pump.finish()
+        if self._exited.is_set():
+            waiter.join()  # its `on_exit` has run: the caller knows what it freed
         last = tuple(self._pump.last_stderr)
         return Supervision(
             self._exit_code,
@@ -168,6 +172,9 @@ class Supervisor:
         finally:
             self._pump.container_exited()
             self._exited.set()
+        if self._failure is None and self._on_exit is not None:
+            # Beside the drain, not before it: the caller frees what the container held.
+            self._on_exit()
 
     def _stop(self) -> None:
         # The engine keeps the SIGTERM → SIGKILL clock; the call returns once it is dead.

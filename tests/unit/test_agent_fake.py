@@ -99,8 +99,8 @@ class Env:
         return "\n".join(e.text for e in entries if e is not None and e.source == "agent")
 
     def assert_clean(self) -> None:
-        """Nothing running, no container left, every attempt's resources released (an
-        attempt's result is stored first, then its container removed, then released)."""
+        """Nothing running, no container left, every attempt's resources released (at its
+        container's exit; its result is stored, then the container removed)."""
         wait_until(lambda: not self.runtime.containers, "containers removed")
         assert self.runtime.running() == []
         wait_until(lambda: not self.queue.unreleased(self.agent_id), "resources released")
@@ -209,6 +209,29 @@ def test_many_short_jobs_all_succeed_within_the_slots(env: Env) -> None:
             assert env.wait_final(job.id).status is JobStatus.SUCCEEDED
     assert 1 <= sampler.most <= SLOTS
     env.assert_clean()
+
+
+def test_a_slot_is_free_at_its_containers_exit_and_removal_runs_beside_the_next_job(
+    env: Env,
+) -> None:
+    # Removals hang: the slots must still turn over, results stored before any removal.
+    gate = env.runtime.remove_gate = threading.Event()
+    jobs = [env.submit(name=f"j{i}") for i in range(SLOTS * 3)]
+    try:
+        with Sampler(env.runtime) as sampler:
+            agent = env.agent()
+            for job in jobs:
+                assert env.wait_final(job.id).status is JobStatus.SUCCEEDED
+        assert env.runtime.removed == []
+        assert len(env.runtime.containers) == len(jobs)  # exited, each awaiting its removal
+        assert sampler.most <= SLOTS  # never more running at once than the slots
+        assert not env.queue.unreleased(env.agent_id)
+    finally:
+        gate.set()
+    env.assert_clean()
+    wait_until(lambda: agent.running_job_ids() == [], "every attempt's thread done")
+    for job in jobs:
+        assert "removed" in env.agent_text(job.id)
 
 
 # --- engine outages --------------------------------------------------------------------------
