@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -51,6 +51,7 @@ PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
 ENGINE_RETRY_SECONDS = 60.0  # clean-up outlasts an engine restart (other people's tests do that)
 MIB = 1024 * 1024
+TICKS = os.sysconf("SC_CLK_TCK")
 T = TypeVar("T")
 log = logging.getLogger("bench")
 
@@ -324,3 +325,85 @@ class Bench:
                 shutil.rmtree(self.tmp, ignore_errors=True)
         say(f"wall time {time.monotonic() - started:.0f} s; exit status {status}")
         return status
+
+
+def dockerd_cpu() -> tuple[int, float]:
+    """(pid, CPU seconds so far) of the live dockerd, or (0, NaN)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "dockerd":
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if fields[0] != "Z":  # a restarted engine leaves a zombie behind
+                    return int(entry.name), (int(fields[11]) + int(fields[12])) / TICKS
+        except OSError:
+            continue
+    return 0, float("nan")
+
+
+def dockerd_since(start: tuple[int, float]) -> float:
+    pid, seconds = dockerd_cpu()
+    return seconds - start[1] if pid == start[0] else float("nan")
+
+
+def _engine_processes_cpu() -> float:
+    """CPU seconds so far of dockerd and containerd together (NaN if unreadable)."""
+    total, found = 0.0, False
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() in (
+                "dockerd",
+                "containerd",
+            ):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / TICKS
+                found = True
+        except OSError:
+            continue
+    return total if found else float("nan")
+
+
+def _host_ticks() -> tuple[int, int]:
+    """(busy, all) jiffies of every core since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """CPU spent during a phase: this process (all its threads), the engine's daemons
+    (dockerd + containerd; runc and the shims come and go with each container and are not in
+    it), and how busy the whole host was."""
+
+    own: float
+    engine: float
+    host_busy: float  # 0..1 of all cores
+
+    def per_job(self, jobs: int) -> str:
+        return (
+            f"CPU per job (ms): this process {ms(self.own / jobs)}, dockerd+containerd "
+            f"{ms(self.engine / jobs)}; host {100 * self.host_busy:.0f}% busy"
+        )
+
+
+class CpuMeter:
+    """`with CpuMeter() as meter: ...`, then `meter.use`."""
+
+    use: CpuUse
+
+    def __enter__(self) -> CpuMeter:
+        self._own, self._engine, self._host = (
+            time.process_time(),
+            _engine_processes_cpu(),
+            _host_ticks(),
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy, total = _host_ticks()
+        spent = total - self._host[1]
+        self.use = CpuUse(
+            time.process_time() - self._own,
+            _engine_processes_cpu() - self._engine,
+            (busy - self._host[0]) / spent if spent else float("nan"),
+        )

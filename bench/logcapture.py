@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import statistics
@@ -44,11 +43,20 @@ from agent.core.loglines import RawLine
 from agent.joblog import JobLogWriter, rotated_files, tail
 from agent.runtime.logframes import Dechunker, FrameParser
 from agent.worker.logpump import LogPump
-from bench.harness import MIB, Bench, abba, checkpoint, product_container, ratios, say
+from bench.harness import (
+    MIB,
+    Bench,
+    abba,
+    checkpoint,
+    dockerd_cpu,
+    dockerd_since,
+    product_container,
+    ratios,
+    say,
+)
 
 PREFIX = 15  # "line 000000001 " before the padding
 TEXT_AT = 38  # a job log line: 30-byte timestamp, " stdout ", text
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -65,24 +73,6 @@ class Capture:
     @property
     def rate(self) -> float:
         return self.mib / self.seconds
-
-
-def dockerd_cpu() -> tuple[int, float]:
-    """(pid, CPU seconds so far) of the live dockerd, or (0, NaN)."""
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "dockerd":
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                if fields[0] != "Z":  # a restarted engine leaves a zombie behind
-                    return int(entry.name), (int(fields[11]) + int(fields[12])) / TICKS
-        except OSError:
-            continue
-    return 0, float("nan")
-
-
-def dockerd_since(start: tuple[int, float]) -> float:
-    pid, seconds = dockerd_cpu()
-    return seconds - start[1] if pid == start[0] else float("nan")
 
 
 def children_cpu() -> float:
