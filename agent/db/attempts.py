@@ -10,7 +10,6 @@ from typing import Any
 
 from sqlalchemy import bindparam, delete, func, select, update
 
-from agent.core.errors import StaleState
 from agent.core.jobs import JobStatus
 from agent.core.records import ActiveAttempt, AttemptResult, Claim
 from agent.core.retry import RetryDecision
@@ -55,18 +54,10 @@ class Attempts:
     db: Database
     clock: Callable[[], datetime]
 
-    def record_container(self, claim: Claim, container_id: str) -> None:
-        with self.db.begin() as conn:
-            result = conn.execute(
-                update(attempts).where(*_fenced(claim)).values(container_id=container_id)
-            )
-            if result.rowcount != 1:
-                raise StaleState(
-                    f"job {claim.job.id}: lease lost before its container was recorded"
-                )
-
-    def mark_running(self, claim: Claim) -> bool:
-        """starting → running; False when the job moved on meanwhile (e.g. it was cancelled)."""
+    def mark_running(self, claim: Claim, container_id: str | None = None) -> bool:
+        """starting → running, with the attempt's container (one transaction for both: the
+        container is found by its labels, not by this column, if the agent dies before); False
+        when the job moved on meanwhile (e.g. it was cancelled)."""
         now = self.clock()
         with self.db.begin() as conn:
             moved = cas(
@@ -81,7 +72,10 @@ class Attempts:
             )
             if not moved:
                 return False
-            conn.execute(update(attempts).where(*_fenced(claim)).values(started_at=now))
+            started: dict[str, Any] = {"started_at": now}
+            if container_id is not None:
+                started["container_id"] = container_id
+            conn.execute(update(attempts).where(*_fenced(claim)).values(**started))
             conn.execute(
                 ADD_EVENT,
                 event_values(
@@ -103,8 +97,11 @@ class Attempts:
         expected: JobStatus,
         result: AttemptResult,
         retry: RetryDecision | None,
+        *,
+        container_id: str | None = None,
     ) -> JobStatus:
-        """Store an attempt's result and move the job on: final state, or back to the queue."""
+        """Store an attempt's result and move the job on: final state, or back to the queue.
+        `container_id`: one that never ran (its start failed) is recorded here."""
         now = self.clock()
         with self.db.begin() as conn:
             cancelled_by = None
@@ -129,6 +126,7 @@ class Attempts:
                     oom_killed=result.oom_killed,
                     outcome=result.outcome,
                     reason=result.reason,
+                    container_id=func.coalesce(attempts.c.container_id, container_id),
                 )
             )
             cas(

@@ -175,7 +175,6 @@ class AttemptExecution:
         try:
             spec = container_spec(self.claim, self.settings, workdir=self._workdir())
             self.container_id = self.runtime.create(spec)
-            self.queue.record_container(self.claim, self.container_id)
             if self._stop_event.is_set():
                 return JobStatus.STARTING, self._stopped_before_start()
             self.runtime.start(self.container_id)
@@ -186,7 +185,7 @@ class AttemptExecution:
         except RuntimeUnavailable as exc:
             writer.agent(f"could not start: {exc}", attempt=number)
             return JobStatus.STARTING, AttemptResult(Outcome.INFRA_ERROR, str(exc))
-        if not self.queue.mark_running(self.claim):
+        if not self.queue.mark_running(self.claim, self.container_id):
             raise StaleState(f"job {self.job_id} moved on while its container started")
         START_LATENCY_SECONDS.observe(max(0.0, time.time() - self.claim.job.updated_at.timestamp()))
         writer.agent(
@@ -222,7 +221,7 @@ class AttemptExecution:
             if expected is JobStatus.STARTING:
                 if state.status == "created":
                     self.runtime.start(state.id)
-                if not self.queue.mark_running(self.claim):
+                if not self.queue.mark_running(self.claim, state.id):
                     raise StaleState(f"job {self.job_id} moved on while the agent was away")
                 expected = JobStatus.RUNNING
         except (ContainerError, RuntimeUnavailable) as exc:
@@ -424,7 +423,9 @@ class AttemptExecution:
         job, number = self.claim.job, self.claim.attempt
         decision = self.policy.decide_for(job, result.outcome, exit_code=result.exit_code)
         try:
-            status = self.queue.finish(self.claim, expected, result, decision)
+            status = self.queue.finish(
+                self.claim, expected, result, decision, container_id=self.container_id
+            )
         except StaleState as exc:  # the lease moved on: the job's new owner writes its fate
             writer.agent(f"result not stored: {exc}", attempt=number)
             log.warning("job %s attempt %d: %s", job.id, number, exc)

@@ -458,10 +458,9 @@ def crashed_agent_left(env: Env, job: Job, *, started: bool = True) -> tuple[Cla
     claim = env.queue.claim(env.agent_id, env.capacity, lease_seconds=60)
     assert claim is not None and claim.job.id == job.id
     container = env.runtime.create(container_spec(claim, env.settings))
-    env.queue.record_container(claim, container)
     if started:
         env.runtime.start(container)
-        assert env.queue.mark_running(claim)
+        assert env.queue.mark_running(claim, container)
         [first, *_] = next(iter(env.runtime.open_logs(container, follow=False)))
         path = job_log_path(env.settings.log_dir, job.id)
         with JobLogWriter(path) as writer:

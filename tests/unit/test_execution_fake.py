@@ -364,6 +364,8 @@ def test_a_transient_start_error_is_an_infra_error_and_the_container_is_removed(
     assert job.status is JobStatus.QUEUED
     assert job.outcome == "infra_error" and "cgroup busy" in (job.reason or "")
     assert env.runtime.removed == [execution.container_id]
+    [attempt] = job.attempts  # the container that never ran is on record with its result
+    assert attempt.container_id == execution.container_id and attempt.started_at is None
     env.assert_clean()
 
 

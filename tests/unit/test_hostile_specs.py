@@ -487,19 +487,26 @@ def test_the_agent_names_the_gpus_from_the_claim(
     assert spec.gpu_ids == gpu_ids
 
 
-class RecordingContainers:
+class RecordingApi:
+    """docker-py's low-level client, as far as `DockerRunner.create` uses it."""
+
+    base_url = "http+docker://localhost"
+
     def __init__(self) -> None:
         self.kwargs: dict[str, Any] = {}
 
-    def create(self, image: str, **kwargs: Any) -> Any:
+    def create_host_config(self, **kwargs: Any) -> dict[str, Any]:
+        return kwargs
+
+    def create_container(self, image: str, **kwargs: Any) -> dict[str, str]:
         self.kwargs = {"image": image, **kwargs}
-        return SimpleNamespace(id="c" * 64)
+        return {"Id": "c" * 64}
 
 
 def test_containers_run_an_init_as_pid_1() -> None:
     runner = DockerRunner("unix:///nonexistent.sock")
-    containers = RecordingContainers()
-    runner._client = SimpleNamespace(containers=containers)
+    api = RecordingApi()
+    runner._client = SimpleNamespace(api=api)
     spec = ContainerSpec(
         name="n",
         image="trainyard/train:latest",
@@ -512,7 +519,7 @@ def test_containers_run_an_init_as_pid_1() -> None:
         user="1000:1000",
     )
     assert runner.create(spec) == "c" * 64
-    assert containers.kwargs["init"] is True
+    assert api.kwargs["host_config"]["init"] is True
 
 
 # --- settings -------------------------------------------------------------------------------
