@@ -57,7 +57,7 @@ from bench.harness import (
 )
 
 POLL_SECONDS = 0.05  # the bench's own polling of the queue, not the product's
-IDLE_POLL_SECONDS = 0.01  # in-memory check of the agent's running attempts
+IDLE_POLL_SECONDS = 0.02  # in-memory check of the agent's running attempts
 PHASE_TIMEOUT_SECONDS = 3600.0
 NOT_FINAL = frozenset(status.value for status in JobStatus if not status.is_final)
 
@@ -225,7 +225,7 @@ def run_trainyard(system: System, submit: Submit, count: int) -> TrainyardResult
     submitted = time.perf_counter()
     agent = system.agent
     assert agent is not None
-    # The database is asked only once the agent runs nothing (in memory, every 10 ms): a
+    # The database is asked only once the agent runs nothing (in memory, every 20 ms): a
     # poll of the queue competes for the CPU that the direct run, waiting on futures, keeps.
     wait_for(
         lambda: not agent.running_job_ids() and unfinished_count(system) == 0,

@@ -8,9 +8,9 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import String, bindparam, delete, func, select, update
 
-from agent.core.jobs import JobStatus
+from agent.core.jobs import JobStatus, check_transition
 from agent.core.records import ActiveAttempt, AttemptResult, Claim
 from agent.core.retry import RetryDecision
 from agent.db import mapping
@@ -33,6 +33,36 @@ _DROP_HOLDS = delete(gpu_holds).where(
     gpu_holds.c.agent_id == bindparam("b_agent"),
     gpu_holds.c.job_id == bindparam("b_job"),
     gpu_holds.c.attempt == bindparam("b_attempt"),
+)
+# starting → running (`cas`'s compare-and-set, prebuilt: it runs for every attempt).
+check_transition(JobStatus.STARTING, JobStatus.RUNNING)
+_NOW = bindparam("b_now", type_=UTCDateTime())
+_JOB_RUNNING = (
+    update(jobs)
+    .where(
+        jobs.c.id == bindparam("b_job"),
+        jobs.c.status == JobStatus.STARTING.value,
+        jobs.c.lease_token == bindparam("b_token"),
+    )
+    .values(
+        status=JobStatus.RUNNING.value,
+        updated_at=_NOW,
+        started_at=func.coalesce(jobs.c.started_at, _NOW),
+    )
+)
+_ATTEMPT_RUNNING = (
+    update(attempts)
+    .where(
+        attempts.c.job_id == bindparam("b_job"),
+        attempts.c.number == bindparam("b_attempt"),
+        attempts.c.lease_token == bindparam("b_token"),
+    )
+    .values(
+        started_at=_NOW,
+        container_id=func.coalesce(
+            bindparam("b_container", type_=String()), attempts.c.container_id
+        ),
+    )
 )
 # A job and its current attempt, as `mapping.active` reads them.
 _ACTIVE_COLUMNS = (
@@ -59,23 +89,17 @@ class Attempts:
         container is found by its labels, not by this column, if the agent dies before); False
         when the job moved on meanwhile (e.g. it was cancelled)."""
         now = self.clock()
+        which = {
+            "b_job": claim.job.id,
+            "b_attempt": claim.attempt,
+            "b_token": claim.lease_token,
+            "b_now": now,
+            "b_container": container_id,
+        }
         with self.db.begin() as conn:
-            moved = cas(
-                conn,
-                claim.job.id,
-                JobStatus.STARTING,
-                JobStatus.RUNNING,
-                now=now,
-                token=claim.lease_token,
-                strict=False,
-                started_at=func.coalesce(jobs.c.started_at, now),
-            )
-            if not moved:
+            if conn.execute(_JOB_RUNNING, which).rowcount != 1:
                 return False
-            started: dict[str, Any] = {"started_at": now}
-            if container_id is not None:
-                started["container_id"] = container_id
-            conn.execute(update(attempts).where(*_fenced(claim)).values(**started))
+            conn.execute(_ATTEMPT_RUNNING, which)
             conn.execute(
                 ADD_EVENT,
                 event_values(

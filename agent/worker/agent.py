@@ -75,8 +75,9 @@ class Agent:
         self._running: dict[tuple[str, int], tuple[AttemptExecution, threading.Thread]] = {}
         self._thread: threading.Thread | None = None
         self._cancel_hint = threading.Event()  # a NOTIFY said a cancel was asked for
-        # Ask the database again when the next delayed retry falls due: an attempt ended (it
-        # may be one), a NOTIFY came, or at every timed poll; not on each submit or freed slot.
+        # Ask the database again when the next delayed retry falls due after an attempt of
+        # this agent was requeued, a NOTIFY came, or on every timed poll; not on each submit,
+        # freed slot or finished job.
         self._due_hint = threading.Event()
         self._due_hint.set()
         self._listener: Listener | None = None
@@ -302,7 +303,8 @@ class Agent:
         GPU_METRICS.finish((execution.job_id, execution.claim.attempt))
         if self.engine.error is None and execution.result is None:
             self.engine.check()  # a platform failure may mean the engine is gone
-        self._due_hint.set()  # a retry it scheduled
+        if execution.requeued:
+            self._due_hint.set()  # when its retry falls due
         self._wake.set()
 
     # --- reconciliation ------------------------------------------------------------------------

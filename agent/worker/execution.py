@@ -89,6 +89,7 @@ class AttemptExecution:
         self.on_infra_error = on_infra_error
         self.on_freed = on_freed
         self.released = False  # its resources are free in the ledger
+        self.requeued = False  # its job went back to the queue for a retry
         self._stop_request: StopRequest | None = None
         self._stop_event = threading.Event()
         self.container_id: str | None = None
@@ -437,6 +438,7 @@ class AttemptExecution:
         ATTEMPTS_FINISHED.labels(result.outcome.value).inc()
         ATTEMPT_SECONDS.observe(seconds)
         if status is JobStatus.QUEUED:
+            self.requeued = True
             RETRIES.labels(result.outcome.value).inc()
         summary = f"finished: {result.outcome.value} ({result.reason})"
         if decision is not None:

@@ -551,6 +551,22 @@ def test_reconcile_removes_unknown_containers_of_this_agent_only(env: Env) -> No
 # --- the loop's pace -------------------------------------------------------------------------
 
 
+def test_a_delayed_retry_starts_when_it_falls_due_not_at_the_next_poll(env: Env) -> None:
+    attempts = iter([Behaviour(exit_code=1), QUICK])
+    env.runtime.script = lambda spec: next(attempts)
+    settings = env.settings.model_copy(update={"poll_interval": 3600.0})
+    policy = RetryPolicy(base_delay=0.5, jitter=0.0)
+    agent = Agent(settings, env.queue, env.runtime, env.capacity, policy=policy)
+    env.agents.append(agent)
+    agent.start()
+    job = env.submit(max_retries=1)
+
+    final = env.wait_final(job.id)  # within the test's deadline: long before an hour's poll
+
+    assert (final.status, final.attempt_count) == (JobStatus.SUCCEEDED, 2)
+    env.assert_clean()
+
+
 def test_a_due_retry_that_cannot_start_does_not_make_the_loop_spin(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
