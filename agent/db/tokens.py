@@ -63,8 +63,9 @@ class TokenStore:
     def any(self) -> bool:
         """Whether any token was ever created (a revoked one counts: revoking every token
         locks the API; it does not reopen it to single-user mode)."""
-        with self.db.reading() as s:
-            return s.scalar(select(TokenRow.id).limit(1)) is not None
+        # Core, prebuilt: in single-user mode every request asks this.
+        with self.db.read() as conn:
+            return conn.scalar(_ANY_TOKEN) is not None
 
     def user(self, token: str) -> User | None:
         """The user of an active token; None for anything else."""
@@ -115,6 +116,9 @@ class TokenStore:
                 row.revoked_at = self.clock()
             s.flush()
             return _info(row), was_active
+
+
+_ANY_TOKEN = select(TokenRow.__table__.c.id).limit(1)
 
 
 def _info(row: TokenRow) -> TokenInfo:
