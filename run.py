@@ -146,6 +146,20 @@ def _when(at: datetime | None) -> str:
 
 
 def run_api(settings: Settings) -> int:
+    if settings.api_workers > 1:
+        # uvicorn's supervisor shares the socket with worker processes it (re)starts; each
+        # imports the app by name (migrations are done: `check_bind` ran them once here).
+        uvicorn.run(
+            "api.app:api_worker_app",
+            factory=True,
+            workers=settings.api_workers,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+            timeout_graceful_shutdown=int(settings.stop_grace_seconds) + 15,
+        )
+        return 0
+
     def detach(signum: int, _frame: FrameType | None) -> None:
         logging.getLogger("trainyard").info("signal %d: stopping in detach mode", signum)
         DETACH_REQUESTED.set()

@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     mode: Literal["all", "api", "agent"] = "all"
+    api_workers: int = Field(
+        default=1,
+        ge=1,
+        le=32,
+        description="Processes serving the API in `run.py api` (each with its own database "
+        "pool, group commit and process-local metrics); the embedded agent's mode runs one.",
+    )
     data_dir: Path = Path("data")
     log_dir: Path = Path("logs")
     database_url: str = ""  # empty: SQLite under data_dir
@@ -250,6 +257,16 @@ class Settings(BaseSettings):
                 "{host}; to serve other machines set TRAINYARD_ALLOW_PUBLIC_BIND=1 and create an "
                 "API token (python run.py token create --user NAME)",
                 {"host": repr(self.host)},
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _workers_without_agent(self) -> Settings:
+        if self.api_workers > 1 and self.mode == "all":
+            raise PydanticCustomError(
+                "api_workers",
+                "TRAINYARD_API_WORKERS above 1 needs `python run.py api` (agents run apart, "
+                "as `python run.py agent`): the embedded agent is one per host",
             )
         return self
 

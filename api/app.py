@@ -28,6 +28,12 @@ from api.schemas import error_responses
 log = logging.getLogger("trainyard.api")
 
 
+def api_worker_app() -> FastAPI:
+    """One worker process of `run.py api` with TRAINYARD_API_WORKERS above 1 (uvicorn imports
+    it by name in each): the settings come from the environment it inherited."""
+    return create_app(Settings(mode="api"))
+
+
 def create_app(settings: Settings | None = None, *, system_: System | None = None) -> FastAPI:
     """The API. With `system_` given the caller owns its lifecycle; else the app builds one."""
     settings = settings or (system_.settings if system_ else Settings())

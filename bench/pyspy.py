@@ -33,7 +33,9 @@ def start_recording(
     exe = py_spy()
     if exe is None:
         raise RuntimeError("py-spy is not installed: .venv/bin/pip install py-spy (the dev extra)")
-    args = ["record", "--pid", str(pid), "--rate", str(rate), "--format", "speedscope"]
+    # --subprocesses: an API with TRAINYARD_API_WORKERS serves from its worker processes.
+    args = ["record", "--pid", str(pid), "--subprocesses", "--rate", str(rate)]
+    args += ["--format", "speedscope"]
     args += ["--gil"] if gil else []
     with log.open("ab") as out:
         return subprocess.Popen(

@@ -203,15 +203,27 @@ def clean_env(**values: str) -> dict[str, str]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (its threads included), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """utime + stime of a process (its threads included) and of its live children (the API's
+    worker processes), from /proc."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it ended meanwhile
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
 
 
 class Server:
     """`python run.py api` on a free loopback port; its output goes to a log file."""
 
-    def __init__(self, tmp: Path, tag: str, database_url: str, log_level: str | None) -> None:
+    def __init__(
+        self, tmp: Path, tag: str, database_url: str, log_level: str | None, workers: int
+    ) -> None:
         self.port = free_port()
         self.log = tmp / f"api-{tag}.log"
         env = clean_env(
@@ -222,6 +234,7 @@ class Server:
             TRAINYARD_LOG_DIR=str(tmp / f"logs-{tag}"),
             TRAINYARD_MAX_QUEUED=str(10**9),
             TRAINYARD_QUOTA_QUEUED=str(10**9),
+            TRAINYARD_API_WORKERS=str(workers),
             **({"TRAINYARD_LOG_LEVEL": log_level} if log_level else {}),
         )
         with self.log.open("ab") as out:
@@ -383,6 +396,7 @@ class Plan:
     profile_dir: Path | None
     log_level: str | None
     json_path: Path | None
+    api_workers: int = 1
 
 
 def measure_ceiling(plan: Plan, results: list[Result]) -> None:
@@ -421,7 +435,7 @@ def measure_database(
         say(f"[{kind}, preload {preload_count:,}] database ready; preload took {took:.1f} s")
         phantom = Phantom(db, bench.agent_id("phantom"))
         stack.callback(phantom.close)
-        server = Server(bench.tmp, tag, url, plan.log_level)
+        server = Server(bench.tmp, tag, url, plan.log_level, plan.api_workers)
 
         def stopped() -> None:
             code, tracebacks = server.stop()
@@ -619,7 +633,12 @@ def parse_args(argv: list[str] | None) -> Plan:
     parser.add_argument(
         "--log-level", default=None, help="TRAINYARD_LOG_LEVEL of the API (default: its own)"
     )
+    parser.add_argument(
+        "--api-workers", type=int, default=1, help="TRAINYARD_API_WORKERS of the API (1)"
+    )
     args = parser.parse_args(argv)
+    if args.api_workers < 1:
+        parser.error("--api-workers must be at least 1")
     clients = _ints(args.clients, "--clients", parser)
     if min(clients) < 1:
         parser.error("--clients must be at least 1")
@@ -636,6 +655,7 @@ def parse_args(argv: list[str] | None) -> Plan:
         profile_dir=args.profile_dir,
         log_level=args.log_level,
         json_path=args.json,
+        api_workers=args.api_workers,
     )
 
 
