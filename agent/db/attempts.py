@@ -18,7 +18,8 @@ from agent.db.engine import Database
 from agent.db.models import UTCDateTime, attempts, gpu_holds, jobs
 from agent.db.transitions import ACTIVE, ADD_EVENT, cas, event_values
 
-# Built once (hot: every attempt ends with them).
+# Built once (hot: every attempt runs them).
+_NOW = bindparam("b_now", type_=UTCDateTime())
 _RELEASE = (
     update(attempts)
     .where(
@@ -27,16 +28,15 @@ _RELEASE = (
         attempts.c.agent_id == bindparam("b_agent"),
         attempts.c.released_at.is_(None),
     )
-    .values(released_at=bindparam("b_now", type_=UTCDateTime()))
+    .values(released_at=_NOW)
 )
 _DROP_HOLDS = delete(gpu_holds).where(
     gpu_holds.c.agent_id == bindparam("b_agent"),
     gpu_holds.c.job_id == bindparam("b_job"),
     gpu_holds.c.attempt == bindparam("b_attempt"),
 )
-# starting → running (`cas`'s compare-and-set, prebuilt: it runs for every attempt).
+# starting → running (`cas`'s compare-and-set, prebuilt).
 check_transition(JobStatus.STARTING, JobStatus.RUNNING)
-_NOW = bindparam("b_now", type_=UTCDateTime())
 _JOB_RUNNING = (
     update(jobs)
     .where(
