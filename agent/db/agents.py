@@ -14,6 +14,9 @@ from agent.db import mapping
 from agent.db.engine import Database
 from agent.db.models import agents, attempts, gpu_holds
 
+# Prebuilt: every submit reads the agents (what could ever run where).
+_ALL_AGENTS = select(agents).order_by(agents.c.id)
+
 
 class AgentRegistry:
     db: Database
@@ -93,7 +96,7 @@ class AgentRegistry:
                     select(gpu_holds.c.agent_id, gpu_holds.c.gpu_id, gpu_holds.c.job_id)
                 ):
                     holders.setdefault(agent_id, {})[gpu_id] = job_id
-            rows = conn.execute(select(agents).order_by(agents.c.id)).mappings()
+            rows = conn.execute(_ALL_AGENTS).mappings()
             return [
                 mapping.agent(
                     row,
