@@ -25,6 +25,7 @@ from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
+from uvicorn.supervisors.multiprocess import Multiprocess
 
 from agent.config import LOOPBACK_HOSTS, Settings
 from agent.core.auth import UnsafeBind, bind_refusal
@@ -146,28 +147,23 @@ def _when(at: datetime | None) -> str:
 
 
 def run_api(settings: Settings) -> int:
-    if settings.api_workers > 1:
-        # uvicorn's supervisor shares the socket with worker processes it (re)starts; each
-        # imports the app by name (migrations are done: `check_bind` ran them once here).
-        uvicorn.run(
-            "api.app:api_worker_app",
-            factory=True,
-            workers=settings.api_workers,
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level.lower(),
-            timeout_graceful_shutdown=int(settings.stop_grace_seconds) + 15,
-        )
-        return 0
-
     def detach(signum: int, _frame: FrameType | None) -> None:
         logging.getLogger("trainyard").info("signal %d: stopping in detach mode", signum)
         DETACH_REQUESTED.set()
         signal.raise_signal(signal.SIGTERM)  # uvicorn's own graceful shutdown
 
     signal.signal(signal.SIGUSR1, detach)
+    # With several workers uvicorn's supervisor shares the socket with worker processes it
+    # (re)starts, each importing the app by name (`check_bind` ran the migrations once here).
+    workers = settings.api_workers > 1
+    if workers and not hasattr(Multiprocess, "handle_usr1"):
+        # The supervisor takes over every signal and ignores SIGUSR1; the upgrade signal
+        # stops it gracefully, like a single process (an API has nothing to detach).
+        Multiprocess.handle_usr1 = Multiprocess.handle_term  # type: ignore[attr-defined]
     uvicorn.run(
-        create_app(settings),
+        "api.app:api_worker_app" if workers else create_app(settings),
+        factory=workers,
+        workers=settings.api_workers if workers else None,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 
 from agent.core.scheduling import Capacity
 from agent.db.engine import Database
@@ -43,8 +44,11 @@ def _serving_workers(pid: int) -> list[int]:
     return workers
 
 
+# SIGUSR1, the upgrade signal, stops the API gracefully too (uncaught, it would kill the
+# supervisor and leave its workers serving).
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGUSR1])
 def test_api_workers_share_the_port_and_every_submit_lands_once(
-    tmp_path: Path, procs: list[Proc]
+    tmp_path: Path, procs: list[Proc], stop: signal.Signals
 ) -> None:
     url = f"sqlite:///{tmp_path / 'data' / 'trainyard.db'}"
     upgrade(url)
@@ -80,7 +84,9 @@ def test_api_workers_share_the_port_and_every_submit_lands_once(
     assert queue.stats().counts["queued"] == JOBS
     listed = httpx.get(f"{base}/jobs", params={"limit": 100}).json()["items"]
     assert {job["id"] for job in listed} == set(ids)
-    assert proc.stop(signal.SIGTERM) == 0
+    workers = _serving_workers(proc.popen.pid)
+    assert proc.stop(stop) in (0, -signal.SIGTERM)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "a worker outlived it"
     log = proc.log.read_text()
     assert "Traceback" not in log
     assert log.count("Application startup complete") == WORKERS
