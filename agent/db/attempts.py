@@ -20,11 +20,14 @@ from agent.db.transitions import ACTIVE, ADD_EVENT, cas, event_values
 
 # Built once (hot: every attempt runs them).
 _NOW = bindparam("b_now", type_=UTCDateTime())
+_THE_ATTEMPT = (  # one attempt row, by its bound job id and number
+    attempts.c.job_id == bindparam("b_job"),
+    attempts.c.number == bindparam("b_attempt"),
+)
 _RELEASE = (
     update(attempts)
     .where(
-        attempts.c.job_id == bindparam("b_job"),
-        attempts.c.number == bindparam("b_attempt"),
+        *_THE_ATTEMPT,
         attempts.c.agent_id == bindparam("b_agent"),
         attempts.c.released_at.is_(None),
     )
@@ -52,11 +55,7 @@ _JOB_RUNNING = (
 )
 _ATTEMPT_RUNNING = (
     update(attempts)
-    .where(
-        attempts.c.job_id == bindparam("b_job"),
-        attempts.c.number == bindparam("b_attempt"),
-        attempts.c.lease_token == bindparam("b_token"),
-    )
+    .where(*_THE_ATTEMPT, attempts.c.lease_token == bindparam("b_token"))
     .values(
         started_at=_NOW,
         container_id=func.coalesce(
