@@ -294,7 +294,9 @@ def _claim(
 
 # One round trip. Data-modifying CTEs all run, and all see the snapshot the statement began
 # with; `pick` locks its row (skipping rows other agents hold), `upd` moves it only if it is
-# still queued. The event's message is `_claimed_message`'s, built in SQL.
+# still queued. The event's message is `_claimed_message`'s, built in SQL. `upd` finds its row
+# by a scalar subquery, i.e. by primary key: joined to `pick` alone, the planner (trusting
+# statistics from when few jobs were queued) walked every queued job, so each claim cost O(queue).
 _POSTGRES_CLAIM = (
     text(
         """
@@ -339,7 +341,7 @@ WITH held AS (
         lease_expires_at = :expires, attempt_count = jobs.attempt_count + 1,
         not_before = NULL, updated_at = :now
     FROM pick, free
-    WHERE jobs.id = pick.id AND jobs.status = 'queued'
+    WHERE jobs.id = (SELECT id FROM pick) AND jobs.id = pick.id AND jobs.status = 'queued'
     RETURNING {returning}, pick.not_before AS waited_from,
               free.ids[1:jobs.gpus] AS taken_gpu_ids
 ), attempt AS (

@@ -3,24 +3,30 @@ exactly what the pure `pick` chooses, and group-committed submits keep every rul
 
 from __future__ import annotations
 
+import os
 import random
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
-from sqlalchemy import update
+from sqlalchemy import String, bindparam, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from agent.core.auth import Quota, QuotaExceeded
 from agent.core.errors import QueueFull
 from agent.core.records import NewJob
 from agent.core.scheduling import Capacity, Demand, assign_gpus, pick
+from agent.db.claims import _POSTGRES_CLAIM
 from agent.db.engine import Database
-from agent.db.jobstore import Submit
+from agent.db.jobstore import ANALYZE_FLOOR, Submit
 from agent.db.migrate import upgrade
-from agent.db.models import jobs
+from agent.db.models import UTCDateTime, jobs
 from agent.db.queue import JobQueue
+from tests.conftest import PG_ADMIN_DSN
 
 GiB = 2**30
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -217,3 +223,75 @@ def test_one_batch_writes_each_submit_with_its_own_outcome(queue: JobQueue) -> N
     for job in stored:
         assert [e.kind for e in queue.events(job.id)] == ["submitted"]
         assert queue.get(job.id) == replace(job, attempts=[])
+
+
+@pytest.fixture
+def fresh_pg_url() -> Iterator[str]:
+    """A PostgreSQL database of its own, never analysed (the session's is shared)."""
+    name = f"trainyard_test_analyze_{os.getpid()}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    upgrade(url)
+    yield url
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _analyses(db: Database) -> int:
+    with db.engine.connect() as conn:
+        return int(
+            conn.scalar(
+                text("SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 'jobs'")
+            )
+            or 0
+        )
+
+
+def _claim_plan(db: Database) -> str:
+    statement = text("EXPLAIN " + _POSTGRES_CLAIM.element.text).bindparams(  # type: ignore[attr-defined]
+        bindparam("now", type_=UTCDateTime()),
+        bindparam("expires", type_=UTCDateTime()),
+        bindparam("starving", type_=UTCDateTime()),
+        bindparam("gpu_ids", type_=ARRAY(String())),
+    )
+    now = datetime.now(UTC)
+    params = {
+        "agent": "a1",
+        "token": "t",
+        "now": now,
+        "expires": now + timedelta(minutes=1),
+        "slots": 4,
+        "memory": 64 * GiB,
+        "cpus": 16.0,
+        "gpu_ids": [],
+        "starving": None,
+    }
+    with db.engine.connect() as conn:
+        return "\n".join(row[0] for row in conn.execute(statement, params))
+
+
+def test_a_burst_of_submits_refreshes_postgres_statistics_so_a_claim_walks_the_index(
+    fresh_pg_url: str,
+) -> None:
+    """A sweep submitted to a database whose statistics counted few queued jobs: planned from
+    those, each claim read and sorted every queued job. The submits themselves ANALYZE once
+    the queue has grown past the floor, and the claim then reads the claim index in order."""
+    db = Database(fresh_pg_url)
+    queue = JobQueue(db)
+    try:
+        assert _analyses(db) == 0
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda _: queue.submit(_new(), max_queued=10**6), range(ANALYZE_FLOOR)))
+        deadline = time.monotonic() + 30
+        while _analyses(db) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _analyses(db) >= 1
+        plan = _claim_plan(db)
+        assert "Sort" not in plan, plan
+        assert "Index Scan using ix_jobs_claim on jobs j" in plan, plan
+        claimed = queue.claim("a1", Capacity(4, 64 * GiB, 16.0, ()), lease_seconds=60)
+        assert claimed is not None
+    finally:
+        db.dispose()
