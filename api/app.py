@@ -22,6 +22,7 @@ from agent.core.errors import InvalidJobSpec, QueueFull, TrainyardError
 from agent.core.jobs import JobSpec, Resources
 from agent.wiring import System
 from api.auth import add_security_middleware, check_startup, current_user, job_access
+from api.fastsubmit import FastSubmit
 from api.routes import dashboard, jobs, metrics, outputs, system, train, workdirs
 from api.schemas import error_responses
 
@@ -34,8 +35,11 @@ def api_worker_app() -> FastAPI:
     return create_app(Settings(mode="api"))
 
 
-def create_app(settings: Settings | None = None, *, system_: System | None = None) -> FastAPI:
-    """The API. With `system_` given the caller owns its lifecycle; else the app builds one."""
+def create_app(
+    settings: Settings | None = None, *, system_: System | None = None, fast_submit: bool = True
+) -> FastAPI:
+    """The API. With `system_` given the caller owns its lifecycle; else the app builds one.
+    `fast_submit=False` leaves every `POST /jobs` to its FastAPI route (tests compare both)."""
     settings = settings or (system_.settings if system_ else Settings())
 
     @asynccontextmanager
@@ -75,6 +79,8 @@ def create_app(settings: Settings | None = None, *, system_: System | None = Non
     app.include_router(dashboard.router)  # GET / and /ui/*: public files, no job data
     app.add_exception_handler(TrainyardError, _trainyard_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    if fast_submit:  # innermost: inside the Host allowlist, CORS and the body bound
+        app.add_middleware(FastSubmit, error_response=trainyard_error_response)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,
@@ -87,6 +93,10 @@ def create_app(settings: Settings | None = None, *, system_: System | None = Non
 
 async def _trainyard_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TrainyardError)
+    return trainyard_error_response(exc)
+
+
+def trainyard_error_response(exc: TrainyardError) -> JSONResponse:
     if isinstance(exc, InvalidJobSpec):  # a 422 like any other, in the same body shape
         return _unprocessable(spec_errors(exc.message), exc.message)
     headers = {"Retry-After": "5"} if isinstance(exc, QueueFull) else None

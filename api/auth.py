@@ -89,19 +89,24 @@ def _unauthorized(detail: str) -> HTTPException:
 
 
 def _refuse_foreign_origin(request: Request, settings: Settings) -> None:
+    refusal = foreign_origin_refusal(request.headers.get("origin"), settings)
+    if refusal is not None:
+        raise HTTPException(status_code=status.HTTP_403_FORBIDDEN, detail=refusal)
+
+
+def foreign_origin_refusal(origin: str | None, settings: Settings) -> str | None:
     """In single-user mode, a page from another site must not drive the API through a
-    browser on this machine (a form or a no-cors fetch needs no CORS to send a request)."""
-    origin = request.headers.get("origin")
+    browser on this machine (a form or a no-cors fetch needs no CORS to send a request):
+    why a request from `origin` is refused (403), or None."""
     if origin is None or origin in settings.cors_origin_list:
-        return
+        return None
     host = (urlsplit(origin).hostname or "").lower()
     trusted = {name.strip("[]") for name in settings.trusted_hosts}
     if host and host in trusted:
-        return
-    raise HTTPException(
-        status_code=status.HTTP_403_FORBIDDEN,
-        detail=f"requests from the origin {origin[:200]!r} are refused: no API token exists "
-        "(single-user mode); allow the origin with TRAINYARD_CORS_ORIGINS, or create tokens",
+        return None
+    return (
+        f"requests from the origin {origin[:200]!r} are refused: no API token exists "
+        "(single-user mode); allow the origin with TRAINYARD_CORS_ORIGINS, or create tokens"
     )
 
 

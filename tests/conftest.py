@@ -76,7 +76,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def reset_postgres(url: str) -> None:
     """Empty every table of the session's PostgreSQL database between tests."""
     with psycopg.connect(url.replace("+psycopg", "")) as conn:
-        conn.execute("TRUNCATE jobs, attempts, events, gpu_holds, agents RESTART IDENTITY CASCADE")
+        conn.execute(
+            "TRUNCATE jobs, attempts, events, gpu_holds, agents, tokens RESTART IDENTITY CASCADE"
+        )
 
 
 @pytest.fixture

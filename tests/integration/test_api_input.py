@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from agent.config import Settings
+from agent.core.scheduling import Capacity
 from agent.db.engine import Database
 from agent.runtime.docker_runner import DockerRunner
 from tests.conftest import Harness
@@ -219,3 +220,19 @@ def test_requests_get_503_not_500_while_the_database_is_down(
     ):
         assert response.status_code == 503, response.text
         assert response.json()["detail"].startswith("database unavailable: ")
+
+
+def test_an_agent_that_joins_is_counted_at_once_by_the_next_submit(api_only: Harness) -> None:
+    """Submits may reuse the live agents read in the last second to accept a job, but never
+    to refuse one: a job refused a moment ago is accepted as soon as an agent that could run
+    it has registered."""
+    queue = api_only.system.queue
+    queue.register_agent("test-small", "small", Capacity(2, 2 * 2**30, 2.0, ()))
+    big = {"resources": {"memory": "8g", "cpus": 1}}
+    small = {"resources": {"memory": "1g", "cpus": 1}}
+    assert api_only.client.post("/jobs", json=small).status_code == 201
+    refused = api_only.client.post("/jobs", json=big)
+    assert refused.status_code == 422
+    assert "more than any agent offers" in refused.json()["message"]
+    queue.register_agent("test-big", "big", Capacity(2, 16 * 2**30, 8.0, ()))
+    assert api_only.client.post("/jobs", json=big).status_code == 201

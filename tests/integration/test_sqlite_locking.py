@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,11 +34,27 @@ def _new_job() -> NewJob:
     )
 
 
-def test_reads_proceed_while_a_writer_holds_the_lock(tmp_path: Path) -> None:
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    """A migrated SQLite database."""
     url = f"sqlite:///{tmp_path / 'q.db'}"
     upgrade(url)
+    return url
+
+
+@pytest.fixture
+def db(url: str) -> Iterator[Database]:
     db = Database(url)
-    queue = JobQueue(db)
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def queue(db: Database) -> JobQueue:
+    return JobQueue(db)
+
+
+def test_reads_proceed_while_a_writer_holds_the_lock(db: Database, queue: JobQueue) -> None:
     job = queue.submit(_new_job(), max_queued=10)
 
     done = threading.Event()
@@ -56,7 +73,6 @@ def test_reads_proceed_while_a_writer_holds_the_lock(tmp_path: Path) -> None:
         assert done.wait(10), "a read waited for the write lock"
     assert seen == ["j", "1"]  # the snapshot from before the uncommitted write
     assert queue.get(job.id).name == "renamed"
-    db.dispose()
 
 
 def _writer_lock_file(url: str) -> Path:
@@ -64,14 +80,10 @@ def _writer_lock_file(url: str) -> Path:
 
 
 def test_a_writer_of_another_process_holds_back_this_ones_writes_not_its_reads(
-    tmp_path: Path,
+    url: str, queue: JobQueue
 ) -> None:
     """Writers of several processes queue on an flock beside the database (each woken the
     moment it is free) instead of sleeping in SQLite's busy handler."""
-    url = f"sqlite:///{tmp_path / 'q.db'}"
-    upgrade(url)
-    db = Database(url)
-    queue = JobQueue(db)
     first = queue.submit(_new_job(), max_queued=10)
     submitted = threading.Event()
     with _writer_lock_file(url).open("a") as other:  # another process's writer, as flock sees it
@@ -86,12 +98,9 @@ def test_a_writer_of_another_process_holds_back_this_ones_writes_not_its_reads(
         assert submitted.wait(10), "the write did not go ahead once the lock was free"
     writer.join(10)
     assert queue.stats().total == 2
-    db.dispose()
 
 
-def test_writes_from_many_threads_and_two_databases_all_land(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'q.db'}"
-    upgrade(url)
+def test_writes_from_many_threads_and_two_databases_all_land(url: str) -> None:
     dbs = [Database(url), Database(url)]  # two engines: two processes' worth of connections
     queues = [JobQueue(db) for db in dbs]
 
