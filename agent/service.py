@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -51,7 +50,6 @@ from agent.metrics_collector import database_registry, exposition
 from agent.remote import AgentClient, AgentUnreachable
 
 FOLLOW_STATUS_CHECK_SECONDS = 1.0
-LIVE_AGENTS_REUSE_SECONDS = 1.0
 
 
 class AgentHandle(Protocol):
@@ -94,7 +92,6 @@ class TrainyardService:
         self._clients: dict[str, AgentClient] = {}
         self.tokens = TokenStore(db)
         self._tokens_exist = False
-        self._live_agents_seen: tuple[float, list[AgentInfo]] = (-math.inf, [])
 
     # --- who is asking ---------------------------------------------------------------------
     #
@@ -194,9 +191,8 @@ class TrainyardService:
                     f"workdir {new.workdir} was never uploaded: PUT /workdirs/{new.workdir} "
                     "first (the CLI's --workdir does)"
                 )
-            reason = self._unschedulable(new)
-            if reason is not None:  # no live agent could ever run it: refuse, do not queue
-                raise InvalidJobSpec(reason)
+            # The queue refuses (InvalidJobSpec) a job that no live agent could ever run: it
+            # reads the agents once per group-committed batch, not once per submit.
             job, created = self.queue.submit_or_get(
                 new,
                 max_queued=self.settings.max_queued,
@@ -204,6 +200,7 @@ class TrainyardService:
                 owner=owner,
                 idempotency_key=idempotency_key,
                 quota=self._quota() if owner is not None else None,
+                heartbeat_seconds=self.settings.heartbeat_seconds,
             )
         except Exception as exc:
             JOBS_REJECTED.labels(type(exc).__name__).inc()
@@ -251,20 +248,6 @@ class TrainyardService:
             )
         check_workdir(digest, data, max_unpacked_bytes=limit * UNPACKED_FACTOR)
         return self._workdirs.put(digest, data, owner=user.name if user is not None else None)
-
-    def _unschedulable(self, new: NewJob) -> str | None:
-        """Why no live agent could ever run `new`, or None. Agents read within the last
-        `LIVE_AGENTS_REUSE_SECONDS` may say yes (a submit's read of them was a sixth of its
-        CPU, and an agent counts as live for 15 s after its last beat anyway); a no is always
-        read afresh, so an agent that has just started is never missed."""
-        now = time.monotonic()
-        read_at, agents = self._live_agents_seen
-        recent = now - read_at <= LIVE_AGENTS_REUSE_SECONDS
-        if recent and unschedulable_reason(new.memory_bytes, new.cpus, new.gpus, agents) is None:
-            return None
-        agents = self.live_agents()
-        self._live_agents_seen = (now, agents)
-        return unschedulable_reason(new.memory_bytes, new.cpus, new.gpus, agents)
 
     def live_agents(self) -> list[AgentInfo]:
         """Live agents and what each offers (not what each holds: that is not needed to know

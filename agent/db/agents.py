@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 
 from agent.core.records import AgentInfo
 from agent.core.scheduling import Capacity
@@ -14,7 +14,7 @@ from agent.db import mapping
 from agent.db.engine import Database
 from agent.db.models import agents, attempts, gpu_holds
 
-# Prebuilt: every submit reads the agents (what could ever run where).
+# Prebuilt: every batch of submits reads the agents (what could ever run where).
 _ALL_AGENTS = select(agents).order_by(agents.c.id)
 
 
@@ -96,14 +96,24 @@ class AgentRegistry:
                     select(gpu_holds.c.agent_id, gpu_holds.c.gpu_id, gpu_holds.c.job_id)
                 ):
                     holders.setdefault(agent_id, {})[gpu_id] = job_id
-            rows = conn.execute(_ALL_AGENTS).mappings()
-            return [
-                mapping.agent(
-                    row,
-                    running=held.get(row["id"], (0, 0, 0.0))[0],
-                    held_memory_bytes=held.get(row["id"], (0, 0, 0.0))[1],
-                    held_cpus=held.get(row["id"], (0, 0, 0.0))[2],
-                    gpu_holders=holders.get(row["id"], {}),
-                )
-                for row in rows
-            ]
+            return offers(conn, held, holders)
+
+
+def offers(
+    conn: Connection,
+    held: Mapping[str, tuple[int, int, float]] | None = None,
+    holders: Mapping[str, dict[str, str]] | None = None,
+) -> list[AgentInfo]:
+    """Every registered agent, what it offers, and what `held` and `holders` say it holds
+    (nothing when not given)."""
+    held, holders = held or {}, holders or {}
+    return [
+        mapping.agent(
+            row,
+            running=held.get(row["id"], (0, 0, 0.0))[0],
+            held_memory_bytes=held.get(row["id"], (0, 0, 0.0))[1],
+            held_cpus=held.get(row["id"], (0, 0, 0.0))[2],
+            gpu_holders=holders.get(row["id"], {}),
+        )
+        for row in conn.execute(_ALL_AGENTS).mappings()
+    ]

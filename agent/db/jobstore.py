@@ -13,11 +13,13 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, delete, exists, func, insert, or_, select, text
 from sqlalchemy.exc import IntegrityError
 
+from agent.core.admission import live_agents, unschedulable_reason
 from agent.core.auth import Quota, QuotaExceeded
-from agent.core.errors import InvalidTransition, JobNotFound, QueueFull
+from agent.core.errors import InvalidJobSpec, InvalidTransition, JobNotFound, QueueFull
 from agent.core.jobs import JobStatus, check_deletable
-from agent.core.records import Event, Job, NewJob, Stats
+from agent.core.records import AgentInfo, Event, Job, NewJob, Stats
 from agent.db import mapping
+from agent.db.agents import offers
 from agent.db.engine import Database
 from agent.db.groupcommit import GroupCommit
 from agent.db.models import attempts, events, job_labels, jobs
@@ -71,6 +73,8 @@ class Submit:
     owner: str | None
     idempotency_key: str | None
     quota: Quota | None
+    heartbeat_seconds: float | None = None
+    """Refuse a job no live agent could ever run (agents are live within 3 such beats)."""
 
 
 @dataclass
@@ -129,12 +133,17 @@ class JobStore:
         owner: str | None = None,
         idempotency_key: str | None = None,
         quota: Quota | None = None,
+        heartbeat_seconds: float | None = None,
     ) -> tuple[Job, bool]:
         """(the new job, True); or, when `owner` already submitted with `idempotency_key`,
         (that first job, False). The queue bound and `owner`'s quota are checked under the
-        same lock as the insert, so concurrent submits cannot overshoot them. Concurrent
-        submits share one transaction (group commit); each returns once it is committed."""
-        return self._submits(Submit(new, max_queued, actor, owner, idempotency_key, quota))
+        same lock as the insert, so concurrent submits cannot overshoot them. With
+        `heartbeat_seconds`, a job that no live agent could ever run is refused
+        (InvalidJobSpec). Concurrent submits share one transaction (group commit), and one
+        read of the agents; each returns once it is committed."""
+        return self._submits(
+            Submit(new, max_queued, actor, owner, idempotency_key, quota, heartbeat_seconds)
+        )
 
     def _write_submits(self, batch: Sequence[Submit]) -> list[tuple[Job, bool] | BaseException]:
         try:
@@ -156,6 +165,7 @@ class JobStore:
         labels: list[dict[str, Any]] = []
         keyed: dict[tuple[str | None, str], Job] = {}
         owners: dict[str, _Owner] = {}
+        live: list[AgentInfo] | None = None
         with self.db.begin(durable=True) as conn:
             if not self.db.is_sqlite:  # SQLite's BEGIN IMMEDIATE already serialises writers
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SUBMIT_LOCK_KEY})
@@ -168,6 +178,17 @@ class JobStore:
                 if first is not None:
                     outcomes.append((first, False))
                     continue
+                if one.heartbeat_seconds is not None:
+                    if live is None:  # once per batch
+                        live = live_agents(
+                            offers(conn), now=now, heartbeat_seconds=one.heartbeat_seconds
+                        )
+                    reason = unschedulable_reason(
+                        one.new.memory_bytes, one.new.cpus, one.new.gpus, live
+                    )
+                    if reason is not None:
+                        outcomes.append(InvalidJobSpec(reason))
+                        continue
                 refusal = _refusal(conn, one, queued, owners)
                 if refusal is not None:
                     outcomes.append(refusal)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
-from sqlalchemy import String, bindparam, text, update
+from sqlalchemy import String, bindparam, event, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from agent.core.auth import Quota, QuotaExceeded
@@ -295,3 +295,32 @@ def test_a_burst_of_submits_refreshes_postgres_statistics_so_a_claim_walks_the_i
         assert claimed is not None
     finally:
         db.dispose()
+
+
+def test_a_batch_refuses_what_no_live_agent_could_run_reading_the_agents_once(
+    queue: JobQueue,
+) -> None:
+    queue.register_agent("small", "host", Capacity(2, 4 * GiB, 4.0, ()))
+    queue.register_agent("gone", "host", Capacity(2, 64 * GiB, 32.0, ("0",)))
+    queue.agent_stopped("gone")  # it offered everything, but is no longer live
+    beats = 5.0
+    batch = [
+        Submit(_new(name="fits", memory_bytes=GiB), 10, "api", None, None, None, beats),
+        Submit(_new(name="too big", memory_bytes=8 * GiB), 10, "api", None, None, None, beats),
+        Submit(_new(name="gpu", gpus=1), 10, "api", None, None, None, beats),
+        Submit(_new(name="unchecked", gpus=1), 10, "api", None, None, None, None),
+    ]
+    reads: list[str] = []
+    listen = lambda *args: reads.append(args[2]) if "FROM agents" in args[2] else None  # noqa: E731
+    event.listen(queue.db.engine, "before_cursor_execute", listen)
+    try:
+        outcomes = queue._write_submits(batch)
+    finally:
+        event.remove(queue.db.engine, "before_cursor_execute", listen)
+    assert [type(o).__name__ for o in outcomes] == ["tuple", *["InvalidJobSpec"] * 2, "tuple"]
+    assert (
+        str(outcomes[1]) == "resources.memory 8 GiB is more than any agent offers (largest: 4 GiB)"
+    )
+    assert "resources.gpus 1 is more than any agent has (largest: 0)" in str(outcomes[2])
+    assert len(reads) == 1
+    assert sorted(j.name for j in queue.list_jobs(limit=10)[0]) == ["fits", "unchecked"]
