@@ -50,6 +50,11 @@ class User:
 
 LOCAL_USER = User(LOCAL_USER_NAME, admin=True)
 """Every request's user while no token exists (single-user mode, loopback only)."""
+SEND_AUTHORIZATION = (
+    "this API needs a token: send 'Authorization: Bearer <token>' (an admin creates one with: "
+    "python run.py token create --user NAME)"
+)
+"""The 401 of a request without a token once any token exists."""
 
 
 def owner_scope(user: User | None) -> str | None:

@@ -14,7 +14,7 @@ from sqlalchemy import ColumnElement, Connection, delete, exists, func, insert, 
 from sqlalchemy.exc import IntegrityError
 
 from agent.core.admission import live_agents, unschedulable_reason
-from agent.core.auth import Quota, QuotaExceeded
+from agent.core.auth import SEND_AUTHORIZATION, InvalidToken, Quota, QuotaExceeded
 from agent.core.errors import InvalidJobSpec, InvalidTransition, JobNotFound, QueueFull
 from agent.core.jobs import JobStatus, check_deletable
 from agent.core.records import AgentInfo, Event, Job, NewJob, Stats
@@ -24,6 +24,7 @@ from agent.db.engine import Database
 from agent.db.groupcommit import GroupCommit
 from agent.db.models import attempts, events, job_labels, jobs
 from agent.db.notify import CANCEL_CHANNEL, JOBS_CHANNEL, notify
+from agent.db.tokens import ANY_TOKEN
 from agent.db.transitions import ACTIVE, ADD_EVENT, cas, event_values
 
 log = logging.getLogger("trainyard.db")
@@ -75,6 +76,8 @@ class Submit:
     quota: Quota | None
     heartbeat_seconds: float | None = None
     """Refuse a job no live agent could ever run (agents are live within 3 such beats)."""
+    single_user: bool = False
+    """Sent without a token, as single-user mode's local user: refused while any token exists."""
 
 
 @dataclass
@@ -134,15 +137,26 @@ class JobStore:
         idempotency_key: str | None = None,
         quota: Quota | None = None,
         heartbeat_seconds: float | None = None,
+        single_user: bool = False,
     ) -> tuple[Job, bool]:
         """(the new job, True); or, when `owner` already submitted with `idempotency_key`,
         (that first job, False). The queue bound and `owner`'s quota are checked under the
         same lock as the insert, so concurrent submits cannot overshoot them. With
         `heartbeat_seconds`, a job that no live agent could ever run is refused
-        (InvalidJobSpec). Concurrent submits share one transaction (group commit), and one
-        read of the agents; each returns once it is committed."""
+        (InvalidJobSpec). `single_user`: refused (InvalidToken) if any API token exists.
+        Concurrent submits share one transaction (group commit), and one read of the agents
+        and of the tokens; each returns once it is committed."""
         return self._submits(
-            Submit(new, max_queued, actor, owner, idempotency_key, quota, heartbeat_seconds)
+            Submit(
+                new,
+                max_queued,
+                actor,
+                owner,
+                idempotency_key,
+                quota,
+                heartbeat_seconds,
+                single_user,
+            )
         )
 
     def _write_submits(self, batch: Sequence[Submit]) -> list[tuple[Job, bool] | BaseException]:
@@ -166,11 +180,18 @@ class JobStore:
         keyed: dict[tuple[str | None, str], Job] = {}
         owners: dict[str, _Owner] = {}
         live: list[AgentInfo] | None = None
+        tokens_exist: bool | None = None
         with self.db.begin(durable=True) as conn:
             if not self.db.is_sqlite:  # SQLite's BEGIN IMMEDIATE already serialises writers
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SUBMIT_LOCK_KEY})
             queued = conn.scalar(_COUNT_QUEUED) or 0
             for one in batch:
+                if one.single_user:
+                    if tokens_exist is None:  # once per batch
+                        tokens_exist = conn.scalar(ANY_TOKEN) is not None
+                    if tokens_exist:
+                        outcomes.append(InvalidToken(SEND_AUTHORIZATION))
+                        continue
                 key = (one.owner, one.idempotency_key) if one.idempotency_key else None
                 first = None
                 if key is not None:

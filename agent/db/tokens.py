@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select
 
 from agent.core.auth import (
     SHOWN_PREFIX_CHARS,
@@ -65,20 +65,19 @@ class TokenStore:
         locks the API; it does not reopen it to single-user mode)."""
         # Core, prebuilt: in single-user mode every request asks this.
         with self.db.read() as conn:
-            return conn.scalar(_ANY_TOKEN) is not None
+            return conn.scalar(ANY_TOKEN) is not None
 
     def user(self, token: str) -> User | None:
         """The user of an active token; None for anything else."""
         if not well_formed(token):
             return None
         digest = hash_token(token)
-        with self.db.reading() as s:
-            row = s.scalars(
-                select(TokenRow).where(TokenRow.token_hash == digest, TokenRow.revoked_at.is_(None))
-            ).first()
-            if row is None or not same_hash(row.token_hash, digest):
-                return None
-            return User(row.username, admin=row.admin, token_id=row.id)
+        # Core, prebuilt: with tokens every request asks this.
+        with self.db.read() as conn:
+            row = conn.execute(_ACTIVE_TOKEN, {"digest": digest}).first()
+        if row is None or not same_hash(row.token_hash, digest):
+            return None
+        return User(row.username, admin=row.admin, token_id=row.id)
 
     def revoke(self, reference: str) -> tuple[TokenInfo, bool]:
         """Revoke the one token that `reference` names: its id (or the start of it), the
@@ -118,7 +117,14 @@ class TokenStore:
             return _info(row), was_active
 
 
-_ANY_TOKEN = select(TokenRow.__table__.c.id).limit(1)
+_TOKENS = TokenRow.__table__
+ANY_TOKEN = select(_TOKENS.c.id).limit(1)
+"""A row when any token was ever created: requests then need one (see `any`)."""
+_ACTIVE_TOKEN = (
+    select(_TOKENS.c.id, _TOKENS.c.username, _TOKENS.c.admin, _TOKENS.c.token_hash)
+    .where(_TOKENS.c.token_hash == bindparam("digest"), _TOKENS.c.revoked_at.is_(None))
+    .limit(1)
+)
 
 
 def _info(row: TokenRow) -> TokenInfo:

@@ -14,6 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from agent.config import Settings
+from agent.db.engine import Database
+from agent.db.tokens import TokenStore
 from agent.wiring import System
 from api import fastsubmit
 from api.app import create_app
@@ -176,3 +178,42 @@ def test_with_tokens_the_fast_path_acts_as_the_tokens_user(pair: Pair) -> None:
     _same(fast, slow, 401)
     listed = pair.fast.get("/jobs", headers={"Authorization": f"Bearer {bob}"}).json()
     assert listed["total"] == 0
+
+
+def _token_made_elsewhere(pair: Pair) -> None:
+    db = Database(pair.system.settings.resolved_database_url)
+    TokenStore(db).create("alice")
+    db.dispose()
+
+
+def test_a_token_made_elsewhere_ends_single_user_mode_at_the_next_submit(pair: Pair) -> None:
+    """The fast path takes a tokenless submit as single-user mode's local user and lets the
+    submit's own transaction check that no token exists. Once another process (here: a store
+    of its own) has made one, every tokenless submit is the route's 401, whatever else is wrong
+    with it, and nothing is queued."""
+    replayed = pair.fast.post("/jobs", json=SPEC, headers={"Idempotency-Key": "k1"})
+    assert replayed.status_code == 201
+    _token_made_elsewhere(pair)
+    assert not pair.system.service.tokens_known_to_exist
+    pair.answered.clear()
+    fast = pair.fast.post("/jobs", json=SPEC)
+    assert pair.answered == [False]  # the transaction found the token: the route answered
+    assert fast.status_code == 401, fast.text
+    assert pair.system.service.tokens_known_to_exist
+    for request in [
+        {"json": SPEC},
+        {"json": SPEC, "headers": {"Idempotency-Key": "k1"}},  # no replay without a token
+        {"json": {**SPEC, "image": "elsewhere/img:1"}},  # 401 before 422
+        {"json": {**SPEC, "resources": {"memory": "lots"}}},
+    ]:
+        fast, slow = pair.both(**request)
+        _same(fast, slow, 401)
+    assert pair.system.queue.stats().total == 1
+
+
+def test_a_refusal_in_single_user_mode_is_401_once_a_token_exists(pair: Pair) -> None:
+    """The check the transaction would have made, made before any refusal is answered: an
+    unauthenticated caller learns nothing about the queue or the spec rules."""
+    _token_made_elsewhere(pair)
+    fast = pair.fast.post("/jobs", json={**SPEC, "image": "elsewhere/img:1"})
+    assert fast.status_code == 401, fast.text
