@@ -97,13 +97,16 @@ def summarize(
 # --- the client ----------------------------------------------------------------------------------
 
 
-def build_request(method: str, path: str, body: bytes, port: int) -> bytes:
+def build_request(
+    method: str, path: str, body: bytes, port: int, headers: Sequence[str] = ()
+) -> bytes:
     head = [
         f"{method} {path} HTTP/1.1",
         f"Host: {HOST}:{port}",
         "Connection: keep-alive",
         "Accept: application/json",
         "User-Agent: trainyard-bench-loadgen",
+        *headers,
     ]
     if body or method in ("POST", "PUT", "PATCH"):
         head += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
@@ -231,7 +234,7 @@ def run_main(args: argparse.Namespace) -> int:
     body = Path(args.body_file).read_bytes() if args.body_file else b""
     plan = Plan(
         port=args.port,
-        request=build_request(args.method, args.path, body, args.port),
+        request=build_request(args.method, args.path, body, args.port, args.header),
         clients=args.clients,
         warmup=args.warmup,
         seconds=None if args.requests else args.seconds,
@@ -291,6 +294,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--requests", type=int, default=None, help="instead of --seconds")
     run.add_argument("--warmup", type=float, default=1.0, help="seconds not measured")
     run.add_argument("--expect", type=int, default=200)
+    run.add_argument(
+        "--header", action="append", default=[], help="'Name: value', sent with every request"
+    )
     stub = sub.add_parser("stub", help="a server that answers 201 at once, to 127.0.0.1 only")
     stub.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)

@@ -2,6 +2,7 @@
 
     python -m bench.submit [--db sqlite|postgres|both] [--clients 1,16] [--preload 0,100000]
                            [--seconds 10 | --requests N] [--warmup 1] [--json PATH] [--profile]
+                           [--api-workers N] [--token]
 
 For each database and preload: a fresh database (a SQLite file in the scratch directory, or a
 temporary PostgreSQL database), migrated, then `--preload` finished jobs bulk-inserted in SQL
@@ -9,6 +10,10 @@ temporary PostgreSQL database), migrated, then `--preload` finished jobs bulk-in
 phantom agent with huge capacity is registered and kept beating from this process, because
 the service refuses jobs that no live agent could run. Then `python run.py api` starts (no
 agent, TRAINYARD_MAX_QUEUED high enough that no submit gets 429) on a free port of 127.0.0.1.
+
+By default the API runs in single-user mode (no token exists). `--token` creates one before the
+API starts and every submit sends it (multi-user mode: a token lookup per request, the jobs owned
+by its user); those lines read "POST /jobs (token)".
 
 The load comes from `bench.loadgen`, a separate process: 1 and 16 closed-loop keep-alive
 clients, a warm-up second, then `--seconds` (or `--requests`) of measurement. Every answer must
@@ -35,7 +40,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +53,7 @@ from agent.core.scheduling import Capacity
 from agent.db.engine import Database
 from agent.db.migrate import upgrade
 from agent.db.queue import JobQueue
+from agent.db.tokens import TokenStore
 from bench import pyspy
 from bench.harness import Bench, checkpoint, postgres_database, say, wait_for
 
@@ -286,9 +292,12 @@ def loadgen(
     requests: int | None = None,
     warmup: float = 1.0,
     expect: int = 200,
+    headers: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run `bench.loadgen` in its own process; its JSON summary."""
     cmd = [sys.executable, "-m", "bench.loadgen", "run", "--port", str(port)]
+    for header in headers:
+        cmd += ["--header", header]
     cmd += ["--clients", str(clients), "--method", method, "--path", path]
     cmd += ["--warmup", str(warmup), "--expect", str(expect)]
     cmd += ["--requests", str(requests)] if requests else ["--seconds", str(seconds or 10)]
@@ -397,6 +406,7 @@ class Plan:
     log_level: str | None
     json_path: Path | None
     api_workers: int = 1
+    token: bool = False  # submits send an API token (multi-user mode), not single-user mode
 
 
 def measure_ceiling(plan: Plan, results: list[Result]) -> None:
@@ -433,6 +443,10 @@ def measure_database(
         stack.callback(db.dispose)
         took = preload(db, preload_count)
         say(f"[{kind}, preload {preload_count:,}] database ready; preload took {took:.1f} s")
+        headers: list[str] = []
+        if plan.token:  # before the API starts: it then requires tokens from the first request
+            _info, secret = TokenStore(db).create("bench")
+            headers.append(f"Authorization: Bearer {secret}")
         phantom = Phantom(db, bench.agent_id("phantom"))
         stack.callback(phantom.close)
         server = Server(bench.tmp, tag, url, plan.log_level, plan.api_workers)
@@ -451,13 +465,17 @@ def measure_database(
             say(results[-1].line())
         for clients in plan.clients:
             checkpoint()
-            results.append(submit_run(plan, server, db, kind, preload_count, clients, body))
+            results.append(
+                submit_run(plan, server, db, kind, preload_count, clients, body, headers=headers)
+            )
             say(results[-1].line())
             if plan.profile and kind == "sqlite" and clients == max(plan.clients):
                 where = (kind, preload_count)
                 for gil in (True, False):
                     results.append(
-                        profiled_run(plan, bench, server, db, where, clients, body, gil=gil)
+                        profiled_run(
+                            plan, bench, server, db, where, clients, body, headers, gil=gil
+                        )
                     )
                     say(results[-1].line())
 
@@ -471,6 +489,7 @@ def submit_run(
     clients: int,
     body: Path,
     what: str = "POST /jobs",
+    headers: Sequence[str] = (),
 ) -> Result:
     delete_bench_jobs(db)
     cpu = server.cpu()
@@ -484,7 +503,10 @@ def submit_run(
         requests=plan.requests,
         warmup=plan.warmup,
         expect=201,
+        headers=headers,
     )
+    if headers:
+        what += " (token)"
     result = Result.of(what, kind, preload_count, summary, server.cpu() - cpu)
     result.jobs_in_db = count_jobs(db, JOB_NAME)
     created = int(summary["ok"]) + int(summary["warmup_requests"])
@@ -505,6 +527,7 @@ def profiled_run(
     where: tuple[str, int],
     clients: int,
     body: Path,
+    headers: Sequence[str],
     *,
     gil: bool,
 ) -> Result:
@@ -523,7 +546,7 @@ def profiled_run(
         if spy.poll() is not None:
             raise RuntimeError(f"py-spy exited {spy.returncode}: see {out / 'py-spy.log'}")
         result = submit_run(
-            plan, server, db, kind, preload_count, clients, body, f"POST (py-spy {mode})"
+            plan, server, db, kind, preload_count, clients, body, f"POST (py-spy {mode})", headers
         )
     finally:
         code = pyspy.stop_recording(spy)
@@ -636,6 +659,11 @@ def parse_args(argv: list[str] | None) -> Plan:
     parser.add_argument(
         "--api-workers", type=int, default=1, help="TRAINYARD_API_WORKERS of the API (1)"
     )
+    parser.add_argument(
+        "--token",
+        action="store_true",
+        help="submit with an API token (multi-user mode) instead of in single-user mode",
+    )
     args = parser.parse_args(argv)
     if args.api_workers < 1:
         parser.error("--api-workers must be at least 1")
@@ -656,6 +684,7 @@ def parse_args(argv: list[str] | None) -> Plan:
         log_level=args.log_level,
         json_path=args.json,
         api_workers=args.api_workers,
+        token=args.token,
     )
 
 
