@@ -18,12 +18,14 @@ from agent.core.admission import image_refusal, live_agents, resolve, unschedula
 from agent.core.auth import (
     HIDDEN_JOB,
     LOCAL_USER,
+    NOT_A_VALID_TOKEN,
     SEND_AUTHORIZATION,
     InvalidToken,
     Quota,
     UnsafeBind,
     User,
     bind_refusal,
+    hash_token,
     owner_scope,
     redact_env,
 )
@@ -51,6 +53,7 @@ from agent.metrics_collector import database_registry, exposition
 from agent.remote import AgentClient, AgentUnreachable
 
 FOLLOW_STATUS_CHECK_SECONDS = 1.0
+KNOWN_TOKENS_MAX = 1024
 
 
 class AgentHandle(Protocol):
@@ -93,6 +96,7 @@ class TrainyardService:
         self._clients: dict[str, AgentClient] = {}
         self.tokens = TokenStore(db)
         self._tokens_exist = False
+        self._known_tokens: dict[str, User] = {}  # a token's SHA-256 -> its user, when last seen
 
     # --- who is asking ---------------------------------------------------------------------
     #
@@ -110,8 +114,40 @@ class TrainyardService:
             raise InvalidToken(SEND_AUTHORIZATION)
         user = self.tokens.user(token)
         if user is None:
-            raise InvalidToken("the token is not valid (unknown or revoked)")
+            raise InvalidToken(NOT_A_VALID_TOKEN)
+        if len(self._known_tokens) >= KNOWN_TOKENS_MAX:
+            self._known_tokens.clear()  # a bound, not an LRU: most APIs see a few tokens
+        self._known_tokens[hash_token(token)] = user
         return user
+
+    def known_user(self, token: str | None) -> User | None:
+        """Who `token` was when this process last asked the database (or, without a token,
+        the local user while this process knows of no token): a submit may act as that user
+        if its own transaction verifies it (`submit_or_get(..., unverified=True)`). None: ask
+        `authenticate`."""
+        if token is None:
+            return None if self._tokens_exist else LOCAL_USER
+        return self._known_tokens.get(hash_token(token))
+
+    def _verify(self, user: User) -> None:
+        """InvalidToken unless what made `user` still holds: its token is active, or (the
+        local user) no token exists at all."""
+        if user.token_id is None:
+            if self.tokens_exist():
+                raise InvalidToken(SEND_AUTHORIZATION)
+        elif not self.tokens.active(user.token_id):
+            raise InvalidToken(NOT_A_VALID_TOKEN)
+
+    def _forget(self, user: User) -> None:
+        """`user`'s credentials no longer hold: no submit acts on what was known of them."""
+        if user.token_id is None:
+            self._tokens_exist = True
+        else:
+            self._known_tokens = {
+                digest: known
+                for digest, known in list(self._known_tokens.items())  # one step under the GIL
+                if known.token_id != user.token_id
+            }
 
     @property
     def tokens_known_to_exist(self) -> bool:
@@ -163,18 +199,20 @@ class TrainyardService:
         actor: str | None = None,
         user: User | None = None,
         idempotency_key: str | None = None,
-        unverified_local: bool = False,
+        unverified: bool = False,
     ) -> tuple[Job, bool]:
         """Queue a job owned by `user`, within their quota: (the job, True). The same
         `idempotency_key` from the same user again: (the first job, False), never a second.
 
-        `unverified_local`: a request without a token, as the local user of single-user mode,
-        not yet checked against the database. The submit's own transaction checks that no token
-        exists (once per group-committed batch: a read per request was a fifth of a submit's
-        CPU); a token raises InvalidToken (401) before any other refusal could say anything."""
-        if unverified_local and (idempotency_key is not None or self.tokens_known_to_exist):
-            user = self.authenticate(None)  # a replay answers from the database: check first
-            unverified_local = False
+        `unverified`: `user` is what `known_user` said, not checked against the database for
+        this request. The submit's own transaction checks it (its token is still active; or,
+        for the local user, no token exists), once per group-committed batch: a read per
+        request was a fifth of a submit's CPU. Credentials that no longer hold raise
+        InvalidToken (401) before any other refusal could say anything."""
+        if unverified and (user is None or idempotency_key is not None):
+            if user is not None:  # a replay answers from the database: check first
+                self._checked(user)
+            unverified = False
         try:
             owner = user.name if user is not None else None
             actor = actor or (user.actor if user is not None else "api")
@@ -187,14 +225,22 @@ class TrainyardService:
                 owner=owner,
                 actor=actor,
                 idempotency_key=idempotency_key,
-                single_user=unverified_local,
+                verify=user if unverified else None,
             )
         except InvalidToken:
-            self._tokens_exist = True
+            if unverified and user is not None:
+                self._forget(user)
             raise
         except TrainyardError:
-            if unverified_local and self.tokens_exist():
-                raise InvalidToken(SEND_AUTHORIZATION) from None
+            if unverified and user is not None:
+                self._checked(user)
+            raise
+
+    def _checked(self, user: User) -> None:
+        try:
+            self._verify(user)
+        except InvalidToken:
+            self._forget(user)
             raise
 
     def _admit(
@@ -204,7 +250,7 @@ class TrainyardService:
         owner: str | None,
         actor: str,
         idempotency_key: str | None = None,
-        single_user: bool = False,
+        verify: User | None = None,
     ) -> tuple[Job, bool]:
         """Queue `new` if every rule allows: images, workdir, schedulability, bound, quota."""
         try:
@@ -226,7 +272,8 @@ class TrainyardService:
                 idempotency_key=idempotency_key,
                 quota=self._quota() if owner is not None else None,
                 heartbeat_seconds=self.settings.heartbeat_seconds,
-                single_user=single_user,
+                single_user=verify is not None and verify.token_id is None,
+                token_id=verify.token_id if verify is not None else None,
             )
         except Exception as exc:
             JOBS_REJECTED.labels(type(exc).__name__).inc()

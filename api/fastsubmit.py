@@ -29,7 +29,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent.config import Settings
-from agent.core.auth import LOCAL_USER, InvalidToken
+from agent.core.auth import InvalidToken
 from agent.core.errors import TrainyardError
 from agent.core.jobs import JobSpec
 from agent.service import TrainyardService
@@ -84,12 +84,13 @@ class FastSubmit:
 
     def _submit(self, service: TrainyardService, settings: Settings, ask: _Ask) -> Response | None:
         """In a worker thread: `current_user` and `submit_job`. None: let the route answer."""
-        if ask.token is None:
-            if service.tokens_known_to_exist:
-                return None  # the route's 401, without the database
-            # Single-user mode, as far as this process knows: the submit's transaction checks.
-            user = LOCAL_USER
-        else:
+        # Who the token was when last seen (single-user mode's local user without one): the
+        # submit's own transaction verifies it, so no read of the tokens per request.
+        user = service.known_user(ask.token)
+        unverified = user is not None
+        if user is None:
+            if ask.token is None:
+                return None  # tokens exist: the route's 401, without the database
             try:
                 user = service.authenticate(ask.token)
             except InvalidToken:
@@ -98,13 +99,10 @@ class FastSubmit:
             return None
         try:
             job, created = service.submit_or_get(
-                ask.spec,
-                user=user,
-                idempotency_key=ask.idempotency_key,
-                unverified_local=ask.token is None,
+                ask.spec, user=user, idempotency_key=ask.idempotency_key, unverified=unverified
             )
         except InvalidToken:
-            return None  # a token exists after all: the route's 401
+            return None  # revoked, or a token exists after all: the route's 401
         except TrainyardError as exc:
             return self.error_response(exc)
         response = Response(

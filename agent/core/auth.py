@@ -55,6 +55,7 @@ SEND_AUTHORIZATION = (
     "python run.py token create --user NAME)"
 )
 """The 401 of a request without a token once any token exists."""
+NOT_A_VALID_TOKEN = "the token is not valid (unknown or revoked)"  # noqa: S105 (a message)
 
 
 def owner_scope(user: User | None) -> str | None:

@@ -14,7 +14,13 @@ from sqlalchemy import ColumnElement, Connection, delete, exists, func, insert, 
 from sqlalchemy.exc import IntegrityError
 
 from agent.core.admission import live_agents, unschedulable_reason
-from agent.core.auth import SEND_AUTHORIZATION, InvalidToken, Quota, QuotaExceeded
+from agent.core.auth import (
+    NOT_A_VALID_TOKEN,
+    SEND_AUTHORIZATION,
+    InvalidToken,
+    Quota,
+    QuotaExceeded,
+)
 from agent.core.errors import InvalidJobSpec, InvalidTransition, JobNotFound, QueueFull
 from agent.core.jobs import JobStatus, check_deletable
 from agent.core.records import AgentInfo, Event, Job, NewJob, Stats
@@ -24,7 +30,7 @@ from agent.db.engine import Database
 from agent.db.groupcommit import GroupCommit
 from agent.db.models import attempts, events, job_labels, jobs
 from agent.db.notify import CANCEL_CHANNEL, JOBS_CHANNEL, notify
-from agent.db.tokens import ANY_TOKEN
+from agent.db.tokens import ANY_TOKEN, active_ids
 from agent.db.transitions import ACTIVE, ADD_EVENT, cas, event_values
 
 log = logging.getLogger("trainyard.db")
@@ -78,6 +84,8 @@ class Submit:
     """Refuse a job no live agent could ever run (agents are live within 3 such beats)."""
     single_user: bool = False
     """Sent without a token, as single-user mode's local user: refused while any token exists."""
+    token_id: str | None = None
+    """Sent with this token, not yet checked: refused unless it is still active."""
 
 
 @dataclass
@@ -138,14 +146,16 @@ class JobStore:
         quota: Quota | None = None,
         heartbeat_seconds: float | None = None,
         single_user: bool = False,
+        token_id: str | None = None,
     ) -> tuple[Job, bool]:
         """(the new job, True); or, when `owner` already submitted with `idempotency_key`,
         (that first job, False). The queue bound and `owner`'s quota are checked under the
         same lock as the insert, so concurrent submits cannot overshoot them. With
         `heartbeat_seconds`, a job that no live agent could ever run is refused
-        (InvalidJobSpec). `single_user`: refused (InvalidToken) if any API token exists.
-        Concurrent submits share one transaction (group commit), and one read of the agents
-        and of the tokens; each returns once it is committed."""
+        (InvalidJobSpec). `single_user`: refused (InvalidToken) if any API token exists;
+        `token_id`: refused unless that token is active. Concurrent submits share one
+        transaction (group commit), and one read of the agents and of the tokens; each returns
+        once it is committed."""
         return self._submits(
             Submit(
                 new,
@@ -156,6 +166,7 @@ class JobStore:
                 quota,
                 heartbeat_seconds,
                 single_user,
+                token_id,
             )
         )
 
@@ -181,6 +192,7 @@ class JobStore:
         owners: dict[str, _Owner] = {}
         live: list[AgentInfo] | None = None
         tokens_exist: bool | None = None
+        active: set[str] | None = None
         with self.db.begin(durable=True) as conn:
             if not self.db.is_sqlite:  # SQLite's BEGIN IMMEDIATE already serialises writers
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SUBMIT_LOCK_KEY})
@@ -191,6 +203,12 @@ class JobStore:
                         tokens_exist = conn.scalar(ANY_TOKEN) is not None
                     if tokens_exist:
                         outcomes.append(InvalidToken(SEND_AUTHORIZATION))
+                        continue
+                if one.token_id is not None:
+                    if active is None:  # once per batch, for all its tokens
+                        active = active_ids(conn, {o.token_id for o in batch if o.token_id})
+                    if one.token_id not in active:
+                        outcomes.append(InvalidToken(NOT_A_VALID_TOKEN))
                         continue
                 key = (one.owner, one.idempotency_key) if one.idempotency_key else None
                 first = None

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 
-from sqlalchemy import bindparam, or_, select
+from sqlalchemy import Connection, bindparam, or_, select
 
 from agent.core.auth import (
     SHOWN_PREFIX_CHARS,
@@ -79,6 +79,11 @@ class TokenStore:
             return None
         return User(row.username, admin=row.admin, token_id=row.id)
 
+    def active(self, token_id: str) -> bool:
+        """Whether the token with this id exists and is not revoked."""
+        with self.db.read() as conn:
+            return bool(active_ids(conn, [token_id]))
+
     def revoke(self, reference: str) -> tuple[TokenInfo, bool]:
         """Revoke the one token that `reference` names: its id (or the start of it), the
         token itself, or the start of the token as `token list` shows it. Returns the token
@@ -120,6 +125,16 @@ class TokenStore:
 _TOKENS = TokenRow.__table__
 ANY_TOKEN = select(_TOKENS.c.id).limit(1)
 """A row when any token was ever created: requests then need one (see `any`)."""
+
+
+def active_ids(conn: Connection, token_ids: Collection[str]) -> set[str]:
+    """Which of these token ids are of tokens not revoked: one query."""
+    return set(conn.scalars(_ACTIVE_IDS, {"ids": list(token_ids)}))
+
+
+_ACTIVE_IDS = select(_TOKENS.c.id).where(
+    _TOKENS.c.id.in_(bindparam("ids", expanding=True)), _TOKENS.c.revoked_at.is_(None)
+)
 _ACTIVE_TOKEN = (
     select(_TOKENS.c.id, _TOKENS.c.username, _TOKENS.c.admin, _TOKENS.c.token_hash)
     .where(_TOKENS.c.token_hash == bindparam("digest"), _TOKENS.c.revoked_at.is_(None))

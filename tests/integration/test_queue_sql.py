@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 import pytest
@@ -26,6 +27,7 @@ from agent.db.jobstore import ANALYZE_FLOOR, Submit
 from agent.db.migrate import upgrade
 from agent.db.models import UTCDateTime, jobs
 from agent.db.queue import JobQueue
+from agent.db.tokens import TokenStore
 from tests.conftest import PG_ADMIN_DSN
 
 GiB = 2**30
@@ -324,3 +326,39 @@ def test_a_batch_refuses_what_no_live_agent_could_run_reading_the_agents_once(
     assert "resources.gpus 1 is more than any agent has (largest: 0)" in str(outcomes[2])
     assert len(reads) == 1
     assert sorted(j.name for j in queue.list_jobs(limit=10)[0]) == ["fits", "unchecked"]
+
+
+def test_a_batch_verifies_the_credentials_of_its_submits_in_one_read_each(
+    queue: JobQueue,
+) -> None:
+    """Submits acting on what their API process last knew of a token (or of there being none)
+    are checked inside the batch's transaction: tokens in one query, their existence in one."""
+    tokens = TokenStore(queue.db)
+    alice, _secret = tokens.create("alice")
+    bob, _secret = tokens.create("bob")
+    tokens.revoke(bob.id)
+
+    def submit(name: str, **checks: Any) -> Submit:
+        return Submit(_new(name=name), 10, "api", "x", None, None, **checks)
+
+    batch = [
+        submit("alice", token_id=alice.id),
+        submit("bob", token_id=bob.id),
+        submit("nobody", token_id="0" * 16),
+        submit("local", single_user=True),
+        submit("unchecked"),
+    ]
+    reads: list[str] = []
+    listen = lambda *args: reads.append(args[2]) if "FROM tokens" in args[2] else None  # noqa: E731
+    event.listen(queue.db.engine, "before_cursor_execute", listen)
+    try:
+        outcomes = queue._write_submits(batch)
+    finally:
+        event.remove(queue.db.engine, "before_cursor_execute", listen)
+    assert [type(o).__name__ for o in outcomes] == [
+        "tuple",
+        *["InvalidToken"] * 3,
+        "tuple",
+    ]
+    assert len(reads) == 2
+    assert sorted(j.name for j in queue.list_jobs(limit=10)[0]) == ["alice", "unchecked"]
