@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -42,6 +43,7 @@ from agent.core.training import SeriesPage, TrainingSummary
 from agent.core.workdirs import UNPACKED_FACTOR, check_digest, check_workdir
 from agent.db.engine import Database
 from agent.db.gauges import GaugeReader
+from agent.db.jobstore import Submit
 from agent.db.metrics import MetricStore
 from agent.db.queue import JobQueue
 from agent.db.tokens import TokenStore
@@ -254,30 +256,67 @@ class TrainyardService:
     ) -> tuple[Job, bool]:
         """Queue `new` if every rule allows: images, workdir, schedulability, bound, quota."""
         try:
-            refusal = image_refusal(new.image, self.settings.allowed_image_patterns)
-            if refusal is not None:
-                raise InvalidJobSpec(refusal)
+            submit = self._submission(new, owner, actor, idempotency_key, verify)
             if new.workdir is not None and not self._workdirs.exists(new.workdir):
                 raise InvalidJobSpec(
                     f"workdir {new.workdir} was never uploaded: PUT /workdirs/{new.workdir} "
                     "first (the CLI's --workdir does)"
                 )
-            # The queue refuses (InvalidJobSpec) a job that no live agent could ever run: it
-            # reads the agents once per group-committed batch, not once per submit.
-            job, created = self.queue.submit_or_get(
-                new,
-                max_queued=self.settings.max_queued,
-                actor=actor,
-                owner=owner,
-                idempotency_key=idempotency_key,
-                quota=self._quota() if owner is not None else None,
-                heartbeat_seconds=self.settings.heartbeat_seconds,
-                single_user=verify is not None and verify.token_id is None,
-                token_id=verify.token_id if verify is not None else None,
-            )
+            job, created = self.queue.enqueue(submit)
         except Exception as exc:
             JOBS_REJECTED.labels(type(exc).__name__).inc()
             raise
+        return self._admitted(job, created)
+
+    async def submit_async(self, spec: JobSpec, *, user: User) -> tuple[Job, bool]:
+        """`submit_or_get(spec, user=user, unverified=True)` from an event loop, for a submit
+        that reads nothing before the queue's transaction (no idempotency key, no workdir): it
+        waits for its group commit without a worker thread of its own."""
+        try:
+            new = resolve(spec, self.settings)
+            if new.workdir is not None:
+                raise ValueError("submit_async takes no workdir: it is read from the database")
+            try:
+                submit = self._submission(new, user.name, user.actor, None, verify=user)
+                job, created = await self.queue.enqueue_async(submit)
+            except Exception as exc:
+                JOBS_REJECTED.labels(type(exc).__name__).inc()
+                raise
+            return self._admitted(job, created)
+        except InvalidToken:
+            self._forget(user)
+            raise
+        except TrainyardError:
+            await asyncio.to_thread(self._checked, user)
+            raise
+
+    def _submission(
+        self,
+        new: NewJob,
+        owner: str | None,
+        actor: str,
+        idempotency_key: str | None,
+        verify: User | None,
+    ) -> Submit:
+        """The queue's submit of `new`, if the image is allowed. The queue refuses a job that
+        no live agent could ever run and checks `verify`'s credentials: it reads the agents and
+        the tokens once per group-committed batch, not once per submit."""
+        refusal = image_refusal(new.image, self.settings.allowed_image_patterns)
+        if refusal is not None:
+            raise InvalidJobSpec(refusal)
+        return Submit(
+            new,
+            max_queued=self.settings.max_queued,
+            actor=actor,
+            owner=owner,
+            idempotency_key=idempotency_key,
+            quota=self._quota() if owner is not None else None,
+            heartbeat_seconds=self.settings.heartbeat_seconds,
+            single_user=verify is not None and verify.token_id is None,
+            token_id=verify.token_id if verify is not None else None,
+        )
+
+    def _admitted(self, job: Job, created: bool) -> tuple[Job, bool]:
         if created:
             JOBS_SUBMITTED.inc()
             if self.agent is not None:

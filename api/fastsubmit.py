@@ -32,6 +32,7 @@ from agent.config import Settings
 from agent.core.auth import InvalidToken
 from agent.core.errors import TrainyardError
 from agent.core.jobs import JobSpec
+from agent.core.records import Job
 from agent.service import TrainyardService
 from api.auth import foreign_origin_refusal
 from api.routes.jobs import MAX_IDEMPOTENCY_KEY, submitted
@@ -74,13 +75,30 @@ class FastSubmit:
         response = None
         if ask is not None:
             app_state = scope["app"].state
-            response = await run_in_threadpool(
-                self._submit, app_state.service, app_state.settings, ask
-            )
+            response = await self._answer(app_state.service, app_state.settings, ask)
         if response is None:  # the route answers, from the same body
             await self.app(scope, _replay(body, receive), send)
             return
         await response(scope, receive, send)
+
+    async def _answer(
+        self, service: TrainyardService, settings: Settings, ask: _Ask
+    ) -> Response | None:
+        """`current_user` and `submit_job`; None: let the route answer. A submit from a user
+        this process knows, with nothing to read before the queue's transaction, waits for its
+        group commit in the event loop; any other takes one hand-off to a worker thread."""
+        user = service.known_user(ask.token)
+        if user is None or ask.idempotency_key is not None or ask.spec.workdir is not None:
+            return await run_in_threadpool(self._submit, service, settings, ask)
+        if user.token_id is None and foreign_origin_refusal(ask.origin, settings) is not None:
+            return None
+        try:
+            job, created = await service.submit_async(ask.spec, user=user)
+        except InvalidToken:
+            return None  # revoked, or a token exists after all: the route's 401
+        except TrainyardError as exc:
+            return self.error_response(exc)
+        return _created(job, created)
 
     def _submit(self, service: TrainyardService, settings: Settings, ask: _Ask) -> Response | None:
         """In a worker thread: `current_user` and `submit_job`. None: let the route answer."""
@@ -105,13 +123,18 @@ class FastSubmit:
             return None  # revoked, or a token exists after all: the route's 401
         except TrainyardError as exc:
             return self.error_response(exc)
-        response = Response(
-            _JOB_OUT.dump_json(JobOut.of(job), by_alias=True),
-            status_code=201,
-            media_type="application/json",
-        )
-        submitted(response, job.id, created=created)
-        return response
+        return _created(job, created)
+
+
+def _created(job: Job, created: bool) -> Response:
+    """The route's answer: 201 (or 200 for a replay) with the job and its Location."""
+    response = Response(
+        _JOB_OUT.dump_json(JobOut.of(job), by_alias=True),
+        status_code=201,
+        media_type="application/json",
+    )
+    submitted(response, job.id, created=created)
+    return response
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, bool]:

@@ -4,10 +4,15 @@ No thread of its own. The first caller to arrive leads: it writes every request 
 moment (its own first) in one transaction, hands each caller its own outcome, and passes the
 lead to the oldest request that arrived meanwhile. A caller returns only once the transaction
 holding its write has committed, so a 201 still means the row is durable.
+
+A caller in an event loop (`call_async`) waits without a thread: when the lead is its turn, the
+batch is written in a worker thread of the loop's executor, so a batch costs one hand-off to a
+thread instead of one per request. The lead passes on even if that caller has stopped waiting.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
@@ -20,14 +25,21 @@ MAX_BATCH = 256
 
 
 class _Waiter(Generic[T, R]):
-    __slots__ = ("done", "error", "lead", "request", "result")
+    __slots__ = ("done", "error", "lead", "request", "result", "wake")
 
-    def __init__(self, request: T) -> None:
+    def __init__(self, request: T, wake: Callable[[], None] | None = None) -> None:
         self.request = request
         self.done = threading.Event()
+        self.wake = wake  # an async caller's: called from the writing thread instead of done
         self.lead = False  # woken to lead the next batch, not with an outcome
         self.result: R | None = None
         self.error: BaseException | None = None
+
+    def signal(self) -> None:
+        if self.wake is not None:
+            self.wake()
+        else:
+            self.done.set()
 
     def outcome(self) -> R:
         if self.error is not None:
@@ -64,6 +76,31 @@ class GroupCommit(Generic[T, R]):
         self._lead()
         return waiter.outcome()
 
+    async def call_async(self, request: T) -> R:
+        """`self(request)` from an event loop."""
+        loop = asyncio.get_running_loop()
+        decided = asyncio.Event()
+
+        def woken() -> None:  # in the loop
+            if waiter.lead:  # its turn to lead: a worker thread writes the batch it heads
+                waiter.lead = False
+                loop.run_in_executor(None, self._lead)
+            else:
+                decided.set()
+
+        def wake() -> None:  # in the writing thread
+            loop.call_soon_threadsafe(woken)
+
+        waiter: _Waiter[T, R] = _Waiter(request, wake=wake)
+        with self._lock:
+            self._waiting.append(waiter)
+            follow = self._leading
+            self._leading = True
+        if not follow:
+            loop.run_in_executor(None, self._lead)
+        await decided.wait()
+        return waiter.outcome()
+
     def _lead(self) -> None:
         with self._lock:
             batch = self._waiting[: self._max_batch]
@@ -80,11 +117,11 @@ class GroupCommit(Generic[T, R]):
             else:
                 waiter.result = outcome
             waiter.lead = False
-            waiter.done.set()
+            waiter.signal()
         with self._lock:
             if self._waiting:
                 successor = self._waiting[0]
                 successor.lead = True
-                successor.done.set()
+                successor.signal()
             else:
                 self._leading = False

@@ -170,6 +170,14 @@ class JobStore:
             )
         )
 
+    def enqueue(self, submit: Submit) -> tuple[Job, bool]:
+        """`submit_or_get` of a prepared Submit."""
+        return self._submits(submit)
+
+    async def enqueue_async(self, submit: Submit) -> tuple[Job, bool]:
+        """`enqueue` from an event loop: no worker thread waits for the group commit."""
+        return await self._submits.call_async(submit)
+
     def _write_submits(self, batch: Sequence[Submit]) -> list[tuple[Job, bool] | BaseException]:
         try:
             return self._insert_batch(batch)

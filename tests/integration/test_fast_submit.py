@@ -44,14 +44,14 @@ def pair(
     make_settings: Callable[..., Settings], database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Pair]:
     answered: list[bool] = []
-    submit = fastsubmit.FastSubmit._submit
+    answer = fastsubmit.FastSubmit._answer
 
-    def spying(self: fastsubmit.FastSubmit, *args: Any) -> Any:
-        response = submit(self, *args)
+    async def spying(self: fastsubmit.FastSubmit, *args: Any) -> Any:
+        response = await answer(self, *args)
         answered.append(response is not None)
         return response
 
-    monkeypatch.setattr(fastsubmit.FastSubmit, "_submit", spying)
+    monkeypatch.setattr(fastsubmit.FastSubmit, "_answer", spying)
     settings = make_settings(
         database_url=database_url, max_queued=10, allowed_images="trainyard/*,img/*"
     )

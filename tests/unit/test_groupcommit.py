@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -91,3 +92,77 @@ def test_many_threads_each_get_their_own_result_and_batches_stay_bounded() -> No
     assert results == [n + 1 for n in range(2000)]
     assert sorted(seen) == list(range(2000))
     assert max(sizes) <= 4
+
+
+# --- callers in an event loop ----------------------------------------------------------------
+
+
+def test_coroutines_share_batches_and_each_gets_its_own_outcome() -> None:
+    writer = Writer()
+    commit: GroupCommit[int, int] = GroupCommit(writer)
+
+    async def main() -> list[int | str]:
+        async def one(n: int) -> int | str:
+            try:
+                return await commit.call_async(n)
+            except ValueError as exc:
+                return str(exc)
+
+        first = asyncio.create_task(one(0))
+        while not writer.entered.is_set():  # the first batch is being written, in a thread
+            await asyncio.sleep(0.001)
+        rest = [asyncio.create_task(one(n)) for n in range(1, 16)]
+        while len(commit._waiting) < 15:
+            await asyncio.sleep(0.001)
+        writer.release.set()
+        return [await first, *[await task for task in rest]]
+
+    results = asyncio.run(main())
+    assert results == [n * 10 if n % 2 == 0 else f"odd {n}" for n in range(16)]
+    assert writer.batches == [[0], list(range(1, 16))]
+
+
+def test_threads_and_coroutines_hand_the_lead_to_each_other() -> None:
+    seen: list[int] = []
+    writing = threading.Semaphore(1)
+
+    def write(requests: Sequence[int]) -> list[int | BaseException]:
+        assert writing.acquire(blocking=False), "two batches written at once"
+        seen.extend(requests)
+        threading.Event().wait(0.0005)  # long enough for others to queue behind it
+        writing.release()
+        return [r + 1 for r in requests]
+
+    commit: GroupCommit[int, int] = GroupCommit(write, max_batch=4)
+
+    async def coroutines() -> list[int]:
+        return list(await asyncio.gather(*(commit.call_async(n) for n in range(1000, 1500))))
+
+    with ThreadPoolExecutor(9) as pool:
+        threads = pool.map(commit, range(500))
+        in_loop = pool.submit(asyncio.run, coroutines())
+        assert list(threads) == [n + 1 for n in range(500)]
+        assert in_loop.result(30) == [n + 1 for n in range(1000, 1500)]
+    assert sorted(seen) == [*range(500), *range(1000, 1500)]
+
+
+def test_a_coroutine_cancelled_while_waiting_still_passes_the_lead_on() -> None:
+    """A client that goes away must not strand the callers queued behind its request: its
+    write still happens, and the lead it was handed goes on to the next batch."""
+    writer = Writer()
+    commit: GroupCommit[int, int] = GroupCommit(writer)
+
+    async def main() -> list[int]:
+        first = asyncio.create_task(commit.call_async(0))
+        while not writer.entered.is_set():
+            await asyncio.sleep(0.001)
+        cancelled = asyncio.create_task(commit.call_async(1))  # will head the next batch
+        later = [asyncio.create_task(commit.call_async(n)) for n in (2, 4)]
+        while len(commit._waiting) < 3:
+            await asyncio.sleep(0.001)
+        cancelled.cancel()
+        writer.release.set()
+        return [await first, *[await task for task in later]]
+
+    assert asyncio.run(main()) == [0, 20, 40]
+    assert writer.batches == [[0], [1, 2, 4]]
