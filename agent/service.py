@@ -263,6 +263,8 @@ class TrainyardService:
                     "first (the CLI's --workdir does)"
                 )
             job, created = self.queue.enqueue(submit)
+        except InvalidToken:
+            raise  # not a refused job: the route's own 401, which counts nothing, follows
         except Exception as exc:
             JOBS_REJECTED.labels(type(exc).__name__).inc()
             raise
@@ -279,6 +281,8 @@ class TrainyardService:
             try:
                 submit = self._submission(new, user.name, user.actor, None, verify=user)
                 job, created = await self.queue.enqueue_async(submit)
+            except InvalidToken:
+                raise  # as in _admit: credentials, not a refused job
             except Exception as exc:
                 JOBS_REJECTED.labels(type(exc).__name__).inc()
                 raise

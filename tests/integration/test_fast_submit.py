@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from agent.config import Settings
 from agent.db.engine import Database
 from agent.db.tokens import TokenStore
+from agent.metrics import REGISTRY
 from agent.wiring import System
 from api import fastsubmit
 from api.app import create_app
@@ -177,12 +178,33 @@ def test_with_tokens_the_fast_path_acts_as_the_tokens_user(pair: Pair) -> None:
     # path still knows Alice's token, but the submit's transaction refuses it.
     pair.system.service.tokens.revoke(alice)
     assert pair.system.service.known_user(alice) is not None
+    before = _rejected()
     fast, slow = pair.both(json=SPEC, headers=as_alice)
     assert pair.answered == [False]
     _same(fast, slow, 401)
+    assert _rejected() == before  # credentials refused, not a job: as the route counts it
     assert pair.system.service.known_user(alice) is None  # forgotten: asked afresh next time
     listed = pair.fast.get("/jobs", headers={"Authorization": f"Bearer {bob}"}).json()
     assert listed["total"] == 0
+
+
+def _rejected() -> dict[str, float]:
+    """trainyard_jobs_rejected by reason, as /metrics would show it."""
+    return {
+        sample.labels["reason"]: sample.value
+        for metric in REGISTRY.collect()
+        if metric.name == "trainyard_jobs_rejected"
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    }
+
+
+def test_a_refused_job_is_counted_once_by_its_reason(pair: Pair) -> None:
+    before = _rejected()
+    fast, slow = pair.both(json={**SPEC, "image": "elsewhere/img:1"})
+    _same(fast, slow, 422)
+    after = _rejected()
+    assert after.get("InvalidJobSpec", 0) - before.get("InvalidJobSpec", 0) == 2, after
 
 
 def _token_made_elsewhere(pair: Pair) -> None:
