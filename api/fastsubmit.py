@@ -4,8 +4,10 @@ A profile of the API under 16 clients (bench/README.md) put most of a submit's C
 dependency solving and in two hand-offs to worker threads (the user, then the route), while a
 bare FastAPI route answers ~7,000 POSTs/s on this host. This middleware, the innermost, answers
 a submit that needs nothing unusual: JSON that `JobSpec` accepts, no query string, at most a
-well-formed Bearer token and Idempotency-Key. It does what the route and its dependencies do,
-in one hand-off to a worker thread, and answers with the same status, headers and bytes.
+well-formed Bearer token and Idempotency-Key. It does what the route and its dependencies do
+and answers with the same status, headers and bytes: a submit from a user this process knows,
+with nothing to read first, waits for its group commit in the event loop (no worker thread of
+its own); any other takes one hand-off to a worker thread.
 
 Anything else goes on, untouched, to the FastAPI route (the body it read is handed over as
 the route would have received it), which then answers as it always has: every 401, 403, 415,
