@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import docker
 import docker.errors
 import requests.exceptions
+from docker.transport.unixconn import UnixHTTPAdapter
 from docker.types import DeviceRequest, LogConfig
 
 from agent.core.errors import ContainerError, ImageNotFound, RuntimeUnavailable
@@ -30,6 +31,21 @@ _PERMANENT = (
 )
 
 T = TypeVar("T")
+
+# Connections kept open to the engine's socket for reuse: each job holds two for its life (its
+# log stream and its wait), so this covers dozens of slots; past it a connection is closed
+# after use instead of kept (urllib3 logs that), nothing fails.
+POOL_SIZE = 64
+
+
+class _OnePool(UnixHTTPAdapter):  # type: ignore[misc]  # docker-py is untyped
+    """docker-py's adapter keys its connection pools by the request's whole URL: every call
+    about another container (its /start, /wait, /logs?…, /json) got a new pool and a new socket
+    connection, and up to 25 pools held idle sockets open. Everything goes to one socket, so
+    one pool does: calls reuse keep-alive connections."""
+
+    def get_connection(self, url: str, proxies: Any = None) -> Any:
+        return super().get_connection("http+docker://localhost", proxies)
 
 
 def translate(exc: Exception, doing: str) -> Exception:
@@ -93,9 +109,22 @@ class DockerRunner:
                 self._client = _call("connect", lambda: docker.from_env(**kwargs))
             # The API client is a requests Session: by default every call looks for proxy
             # variables and .netrc in the environment, a third of a call's CPU, and none of
-            # that applies to a local socket (an engine over TCP keeps them).
-            if self._client.api.base_url.startswith("http+docker://"):
-                self._client.api.trust_env = False
+            # that applies to a local socket (an engine over TCP keeps them). On that socket,
+            # one connection pool for every call (_OnePool).
+            api = self._client.api
+            if api.base_url.startswith("http+docker://"):
+                api.trust_env = False
+            adapter = api.adapters.get("http+docker://")
+            if isinstance(adapter, UnixHTTPAdapter) and not isinstance(adapter, _OnePool):
+                one = _OnePool(
+                    adapter.socket_path,
+                    adapter.timeout,
+                    pool_connections=1,
+                    max_pool_size=POOL_SIZE,
+                )
+                api.mount("http+docker://", one)
+                api._custom_adapter = one
+                adapter.close()
         return self._client
 
     def close(self) -> None:
