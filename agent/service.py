@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from functools import cached_property
@@ -56,6 +57,19 @@ from agent.remote import AgentClient, AgentUnreachable
 
 FOLLOW_STATUS_CHECK_SECONDS = 1.0
 KNOWN_TOKENS_MAX = 1024
+
+
+@contextmanager
+def _counted_refusals() -> Iterator[None]:
+    """Count what the block raises in trainyard_jobs_rejected, by class. A refused token is
+    not a refused job: the route's own 401, which counts nothing, follows it."""
+    try:
+        yield
+    except InvalidToken:
+        raise
+    except Exception as exc:
+        JOBS_REJECTED.labels(type(exc).__name__).inc()
+        raise
 
 
 class AgentHandle(Protocol):
@@ -255,7 +269,7 @@ class TrainyardService:
         verify: User | None = None,
     ) -> tuple[Job, bool]:
         """Queue `new` if every rule allows: images, workdir, schedulability, bound, quota."""
-        try:
+        with _counted_refusals():
             submit = self._submission(new, owner, actor, idempotency_key, verify)
             if new.workdir is not None and not self._workdirs.exists(new.workdir):
                 raise InvalidJobSpec(
@@ -263,11 +277,6 @@ class TrainyardService:
                     "first (the CLI's --workdir does)"
                 )
             job, created = self.queue.enqueue(submit)
-        except InvalidToken:
-            raise  # not a refused job: the route's own 401, which counts nothing, follows
-        except Exception as exc:
-            JOBS_REJECTED.labels(type(exc).__name__).inc()
-            raise
         return self._admitted(job, created)
 
     async def submit_async(self, spec: JobSpec, *, user: User) -> tuple[Job, bool]:
@@ -278,14 +287,9 @@ class TrainyardService:
             new = resolve(spec, self.settings)
             if new.workdir is not None:
                 raise ValueError("submit_async takes no workdir: it is read from the database")
-            try:
+            with _counted_refusals():
                 submit = self._submission(new, user.name, user.actor, None, verify=user)
                 job, created = await self.queue.enqueue_async(submit)
-            except InvalidToken:
-                raise  # as in _admit: credentials, not a refused job
-            except Exception as exc:
-                JOBS_REJECTED.labels(type(exc).__name__).inc()
-                raise
             return self._admitted(job, created)
         except InvalidToken:
             self._forget(user)

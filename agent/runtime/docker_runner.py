@@ -115,7 +115,7 @@ class DockerRunner:
             if api.base_url.startswith("http+docker://"):
                 api.trust_env = False
             adapter = api.adapters.get("http+docker://")
-            if isinstance(adapter, UnixHTTPAdapter) and not isinstance(adapter, _OnePool):
+            if isinstance(adapter, UnixHTTPAdapter):
                 one = _OnePool(
                     adapter.socket_path,
                     adapter.timeout,
