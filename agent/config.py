@@ -162,6 +162,12 @@ class Settings(BaseSettings):
         "embedded agent in-process and, on PostgreSQL, every agent through LISTEN/NOTIFY; this "
         "poll covers SQLite agents in other processes and missed notifications.",
     )
+    prepare_next: bool = Field(
+        default=True,
+        description="While every slot is busy, create the container of the job the next claim "
+        "will most likely take (not started, no resources held), so a freed slot goes straight "
+        "to the start. Jobs with GPUs or a workdir are not prepared.",
+    )
     stop_grace_seconds: float = Field(default=30.0, ge=0)
     detach_on_stop: bool = Field(
         default=False,

@@ -91,3 +91,11 @@ HEARTBEATS = Counter(
     "every agent is trainyard_agent_last_heartbeat_timestamp_seconds).",
     registry=REGISTRY,
 )
+PREPARED_CONTAINERS = Counter(
+    "trainyard_prepared_containers",
+    "Containers this agent created ahead for the job its next claim was likely to take, while "
+    "every slot was busy: used (the claim took that job and started it) or discarded "
+    "(process-local).",
+    ["result"],
+    registry=REGISTRY,
+)

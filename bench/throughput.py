@@ -34,6 +34,7 @@ from agent.config import Settings
 from agent.core.jobs import JobSpec, JobStatus, Resources
 from agent.core.records import Job
 from agent.db.models import jobs
+from agent.metrics import REGISTRY
 from agent.runtime.docker_runner import DockerRunner
 from agent.wiring import System
 from bench.harness import (
@@ -243,8 +244,17 @@ def run_trainyard(system: System, submit: Submit, count: int) -> TrainyardResult
 
 # --- where Trainyard's time goes -----------------------------------------------------------------
 
-AGENT_THREADS = ("agent-loop", "job-", "wait-", "logs-", "metrics-")  # the agent's threads
+# The agent's threads.
+AGENT_THREADS = ("agent-loop", "job-", "wait-", "logs-", "metrics-", "prepare-")
 RUNTIME_CALLS = ("create", "start", "wait", "inspect", "remove")
+
+
+def prepared_counts() -> tuple[float, float]:
+    """The agent's containers created ahead so far: (used, discarded)."""
+    return tuple(  # type: ignore[return-value]
+        REGISTRY.get_sample_value("trainyard_prepared_containers_total", {"result": r}) or 0.0
+        for r in ("used", "discarded")
+    )
 
 
 class Probe:
@@ -260,6 +270,8 @@ class Probe:
         self.calls: dict[str, list[float]] = {}
         self.sql: Counter[str] = Counter()
         self.sql_seconds: Counter[str] = Counter()
+        self.prepared = prepared_counts()
+        self.edges: list[tuple[float, str]] = []
         runtime = system.runtime
         assert runtime is not None
         for name in RUNTIME_CALLS:
@@ -272,6 +284,8 @@ class Probe:
             self.calls = {name: [] for name in RUNTIME_CALLS}
             self.sql.clear()
             self.sql_seconds.clear()
+            self.prepared = prepared_counts()
+            self.edges = []
 
     def _timed(self, name: str, fn: Callable[..., T]) -> Callable[..., T]:
         def timed(*args: Any, **kwargs: Any) -> T:
@@ -279,10 +293,27 @@ class Probe:
             try:
                 return fn(*args, **kwargs)
             finally:
+                t1 = time.perf_counter()
                 with self._lock:
-                    self.calls.setdefault(name, []).append(time.perf_counter() - t0)
+                    self.calls.setdefault(name, []).append(t1 - t0)
+                    if name in ("wait", "start"):  # a slot's hand-over: exit → next start
+                        self.edges.append((t1 if name == "wait" else t0, name))
 
         return timed
+
+    def handover_ms(self) -> float | None:
+        """Mean time from a container's exit (its wait returning) to the next start call: the
+        slot's hand-over, each start paired with the earliest exit not yet paired."""
+        with self._lock:
+            edges = sorted(self.edges)
+        exits: list[float] = []
+        gaps: list[float] = []
+        for at, name in edges:
+            if name == "wait":
+                exits.append(at)
+            elif exits:
+                gaps.append(at - exits.pop(0))
+        return 1000 * sum(gaps) / len(gaps) if gaps else None
 
     def _before(self, conn: Any, _cursor: Any, _statement: str, *_args: Any) -> None:
         conn.info.setdefault("bench_t0", []).append(time.perf_counter())
@@ -310,6 +341,12 @@ class Probe:
             sql, sql_seconds = Counter(self.sql), Counter(self.sql_seconds)
         parts = [f"{k} {mean_ms(v)}" for k, v in calls.items() if v]
         say("  agent's engine calls, mean (ms): " + "  ".join(parts))
+        now = prepared_counts()
+        used, discarded = now[0] - self.prepared[0], now[1] - self.prepared[1]
+        say(f"  containers created ahead (slots busy): {used:.0f} used, {discarded:.0f} discarded")
+        handover = self.handover_ms()
+        if handover is not None:
+            say(f"  slot hand-over, a container's exit → the next start call: {handover:.1f} ms")
         for who in ("agent", "bench/api"):
             if sql[who]:
                 lock = sql_seconds[f"{who} lock"]
@@ -482,7 +519,10 @@ def run(args: argparse.Namespace, bench: Bench) -> int:
         probe = Probe(system)
         system.start()
         submit = http_submitter(stack, system) if args.http else service_submitter(system)
-        direct.run_many(1, 1)  # warm-up: image and engine caches, not timed
+        # Warm-up, not timed: image and engine caches; the service's and agent's first use
+        # (statement caches, log and outputs directories). Both sides, so round 1 is fair.
+        direct.run_many(c, c)
+        run_trainyard(system, submit, c)
         say(f"  peak RSS after set-up and warm-up: {peak_rss_mib():.0f} MiB")
 
         for round_ in range(args.rounds):

@@ -14,7 +14,7 @@ does not fit until the head has waited `starvation_seconds`.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,7 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from agent.core.jobs import JobStatus
-from agent.core.records import Claim
+from agent.core.records import Claim, Job
 from agent.core.scheduling import Capacity, Free, assign_gpus
 from agent.db import mapping
 from agent.db.engine import Database
@@ -74,6 +74,21 @@ class Claims:
         return self._claim_postgres(
             agent_id, capacity, now, token, lease_seconds, starvation_seconds
         )
+
+    def peek(self, capacity: Capacity, exclude: Collection[str] = ()) -> Job | None:
+        """The due head of the queue among jobs that could ever run on this agent, bar
+        `exclude`: the job its next claim most likely takes, read without locking or holding
+        anything (the agent creates that job's container ahead; the claim decides)."""
+        params = {
+            "now": self.clock(),
+            "memory": capacity.memory_bytes,
+            "cpus": capacity.cpus + CPU_SLACK,
+            "gpus": len(capacity.gpu_ids),
+            "exclude": list(exclude),
+        }
+        with self.db.read() as conn:
+            row = conn.execute(_PEEK, params).mappings().first()
+        return None if row is None else mapping.job(row)
 
     # --- SQLite ----------------------------------------------------------------------------
 
@@ -222,6 +237,16 @@ _STARVING_HEAD = select(literal(1)).where(
     not_(_fits(_HEAD, "free_memory", "free_cpus", "free_gpus")),
 )
 _PICK_UNLESS_STARVING = _PICK.where(not_(_STARVING_HEAD.exists()))
+_PEEK = (
+    select(jobs)
+    .where(
+        _DUE,
+        _fits(jobs, "memory", "cpus", "gpus"),
+        jobs.c.id.not_in(bindparam("exclude", expanding=True)),
+    )
+    .order_by(*CLAIM_ORDER)
+    .limit(1)
+)
 _TAKE = (
     update(jobs)
     .where(jobs.c.id == bindparam("b_id"), jobs.c.status == QUEUED)

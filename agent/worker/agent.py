@@ -26,6 +26,7 @@ from agent.metrics_collector import GPU_METRICS
 from agent.runtime.base import AGENT_LABEL, Runtime
 from agent.worker.duties import EngineWatch, Every, Janitor, LeaseKeeper, record_lost
 from agent.worker.execution import Adoption, AttemptExecution
+from agent.worker.prepare import Preparer
 from agent.worker.supervisor import StopReason
 from agent.worker.workdirs import WorkdirCache
 
@@ -80,6 +81,14 @@ class Agent:
         # freed slot or finished job.
         self._due_hint = threading.Event()
         self._due_hint.set()
+        self.preparer: Preparer | None = None
+        if settings.prepare_next:
+            self.preparer = Preparer(
+                settings,
+                runtime,
+                lambda exclude: queue.peek(capacity, exclude),
+                limit=capacity.slots,
+            )
         self._listener: Listener | None = None
         if not queue.db.is_sqlite:
             self._listener = Listener(queue.db.url, self._notified)
@@ -119,6 +128,8 @@ class Agent:
             self._listener.stop()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self.preparer is not None:
+            self.preparer.close()
         with self._lock:
             running = list(self._running.values())
         reason = StopReason.DETACH if detach else StopReason.SHUTDOWN
@@ -267,12 +278,16 @@ class Agent:
                 lease_seconds=self.settings.lease_seconds,
                 starvation_seconds=self.settings.starvation_seconds,
             )
+            if self.preparer is not None:
+                self.preparer.claimed(None if claim is None else (claim.job.id, claim.attempt))
             if claim is None:
                 return
             if claim.waiting_since is not None:  # updated_at is the claim's time
                 waited = claim.job.updated_at - claim.waiting_since
                 QUEUE_WAIT_SECONDS.observe(max(0.0, waited.total_seconds()))
             self._launch(claim)
+        if self.preparer is not None and not self._stopping.is_set():
+            self.preparer.prepare()  # every slot is busy: the next job's container, ahead
 
     def _launch(self, claim: Claim, adopt: Adoption | None = None) -> None:
         execution = AttemptExecution(
@@ -286,6 +301,7 @@ class Agent:
             on_infra_error=self.engine.suspect,
             workdirs=self.workdirs,
             on_freed=self._wake.set,
+            take_prepared=self.preparer.take if self.preparer is not None else None,
         )
         thread = threading.Thread(
             target=execution.run, name=f"job-{claim.job.id[:8]}-{claim.attempt}", daemon=True
@@ -327,6 +343,8 @@ class Agent:
         unreleased = self.queue.unreleased(agent_id)
         # Read last: a claim made meanwhile is registered here before its container exists.
         in_process = {(ex.job_id, ex.claim.attempt) for ex in self._executions()}
+        if self.preparer is not None:
+            in_process |= self.preparer.keys()  # prepared ahead: not an attempt yet
         todo = plan(containers, active, in_process, unreleased)
         for state in todo.remove:
             if self.runtime.remove(state.id):

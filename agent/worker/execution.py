@@ -23,7 +23,7 @@ from agent.db.metrics import MetricStore
 from agent.db.queue import JobQueue
 from agent.joblog import JobLogWriter, job_log_path
 from agent.metrics import ATTEMPT_SECONDS, ATTEMPTS_FINISHED, RETRIES, START_LATENCY_SECONDS
-from agent.runtime.base import ContainerState, Runtime, last_line
+from agent.runtime.base import ContainerSpec, ContainerState, Runtime, last_line
 from agent.worker.container_spec import container_spec, outputs_path
 from agent.worker.disk import directory_bytes
 from agent.worker.logpump import LogPump, docker_since
@@ -77,6 +77,7 @@ class AttemptExecution:
         on_infra_error: Callable[[], object] | None = None,
         workdirs: WorkdirCache | None = None,
         on_freed: Callable[[], object] | None = None,
+        take_prepared: Callable[[ContainerSpec], str | None] | None = None,
     ) -> None:
         self.claim = claim
         self.workdirs = workdirs
@@ -88,6 +89,7 @@ class AttemptExecution:
         self.on_done = on_done
         self.on_infra_error = on_infra_error
         self.on_freed = on_freed
+        self.take_prepared = take_prepared  # a container created ahead for this attempt
         self.released = False  # its resources are free in the ledger
         self.requeued = False  # its job went back to the queue for a retry
         self._stop_request: StopRequest | None = None
@@ -172,10 +174,14 @@ class AttemptExecution:
 
     def _execute(self, writer: JobLogWriter) -> tuple[JobStatus, AttemptResult]:
         number = self.claim.attempt
-        ensure_outputs_dir(outputs_path(self.settings, self.job_id), self.settings.container_user)
+        prepared: str | None = None
         try:
             spec = container_spec(self.claim, self.settings, workdir=self._workdir())
-            self.container_id = self.runtime.create(spec)
+            prepared = self.take_prepared(spec) if self.take_prepared is not None else None
+            ensure_outputs_dir(
+                outputs_path(self.settings, self.job_id), self.settings.container_user
+            )
+            self.container_id = prepared or self.runtime.create(spec)
             if self._stop_event.is_set():
                 return JobStatus.STARTING, self._stopped_before_start()
             self.runtime.start(self.container_id)
@@ -190,7 +196,8 @@ class AttemptExecution:
             raise StaleState(f"job {self.job_id} moved on while its container started")
         START_LATENCY_SECONDS.observe(max(0.0, time.time() - self.claim.job.updated_at.timestamp()))
         writer.agent(
-            f"started in container {self.container_id[:12]}, limits: "
+            f"started in container {self.container_id[:12]}"
+            f"{' (created while the slot was busy)' if prepared else ''}, limits: "
             f"memory={format_memory(spec.memory_bytes)} (no swap), "
             f"cpus={spec.nano_cpus / 1e9:g}, pids={spec.pids_limit}, "
             f"gpus={','.join(spec.gpu_ids) or 'none'}, network=none, user={spec.user}, "
