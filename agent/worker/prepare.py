@@ -48,6 +48,7 @@ class _Prepared:
     done: threading.Event = field(default_factory=threading.Event)  # created, or failed to
     removed: threading.Event = field(default_factory=threading.Event)  # once discarded
     container_id: str | None = None  # once created; None after a failed create
+    seq: int = 0  # the order it was prepared in
     passes: int = 0  # claims that took a job prepared after this one
 
 
@@ -73,10 +74,12 @@ class Preparer:
         self._odds = odds or PrepareOdds()
         self._lock = threading.Lock()
         self._live: dict[Key, _Prepared] = {}  # being created or ready, not yet claimed
+        self._claimed: dict[Key, _Prepared] = {}  # claimed, until the attempt takes it
         self._removing: dict[int, _Prepared] = {}  # by id(): one job may be there twice
         self._threads: set[threading.Thread] = set()
         self._preparing = False  # a thread is filling up to the limit
         self._claims = 0  # claims reported so far: a peek older than the last claim is stale
+        self._prepared = 0  # containers prepared so far (their order)
         self._closed = False
 
     # --- the agent's loop ------------------------------------------------------------------
@@ -97,38 +100,43 @@ class Preparer:
         """This agent's claim took `key` (None: it found nothing). If that job was not
         prepared, the queue is not handing this agent the jobs it prepared (another agent
         took them, they were cancelled, or others jumped the queue): they all go. Jobs
-        prepared ahead of a claimed one may still come (a tie in queue order), but one passed
+        prepared before the claimed one may still come (a tie in queue order), but one passed
         over by more claims than there are slots will not."""
         with self._lock:
             self._claims += 1
-            if not self._live:
-                return
-            order = list(self._live)
-            if key in self._live:
+            hit = self._live.pop(key, None) if key is not None else None
+            if hit is not None:
+                assert key is not None
+                self._claimed[key] = hit  # until its attempt takes it
                 passed = []
-                for earlier in order[: order.index(key)]:
-                    self._live[earlier].passes += 1
-                    if self._live[earlier].passes > self._limit:
-                        passed.append(earlier)
+                for earlier in self._live.values():
+                    if earlier.seq < hit.seq:
+                        earlier.passes += 1
+                        if earlier.passes > self._limit:
+                            passed.append(earlier)
             else:
-                passed = order
-                self._odds.record(used=False)
+                passed = list(self._live.values())
+                if passed:
+                    self._odds.record(used=False)
             for stale in passed:
-                self._discard(self._live.pop(stale))
+                del self._live[stale.key]
+                self._discard(stale)
 
     def keys(self) -> set[Key]:
         """Attempts with a prepared container here, or one being removed (reconcile leaves
         those alone)."""
         with self._lock:
-            return set(self._live) | {prepared.key for prepared in self._removing.values()}
+            leaving = {prepared.key for prepared in self._removing.values()}
+            return set(self._live) | set(self._claimed) | leaving
 
     def close(self, timeout: float = 30.0) -> None:
         """Prepare nothing more and remove what is prepared; returns once it is gone."""
         with self._lock:
             self._closed = True
-            for prepared in self._live.values():
+            for prepared in [*self._live.values(), *self._claimed.values()]:
                 self._discard(prepared)
             self._live.clear()
+            self._claimed.clear()
             threads = list(self._threads)
         for thread in threads:
             thread.join(timeout)
@@ -140,7 +148,9 @@ class Preparer:
         then it is the attempt's to start. None: create one."""
         key = spec_key(spec)
         with self._lock:
-            live = self._live.pop(key, None) if key is not None else None
+            live = None
+            if key is not None:
+                live = self._claimed.pop(key, None) or self._live.pop(key, None)
             # A discarded container of the same job may still be on its way out: wait, so
             # that a job never has two containers of one attempt, nor loses its outputs dir.
             leaving = [p for p in self._removing.values() if key and p.key[0] == key[0]]
@@ -189,7 +199,7 @@ class Preparer:
         with self._lock:
             if self._closed or self._claims != claims or len(self._live) >= self._limit:
                 return False
-            exclude = {job_id for job_id, _ in self._live}
+            exclude = {job_id for job_id, _ in [*self._live, *self._claimed]}
         prepared: _Prepared | None = None
         try:
             job = self._peek(exclude)
@@ -199,7 +209,8 @@ class Preparer:
                 if spec is not None and not self._closed and self._claims == claims:
                     key = spec_key(spec)
                     assert key is not None
-                    prepared = self._live[key] = _Prepared(key, spec)
+                    self._prepared += 1
+                    prepared = self._live[key] = _Prepared(key, spec, seq=self._prepared)
             if prepared is None:
                 return False
             ensure_outputs_dir(

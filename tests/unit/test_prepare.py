@@ -301,3 +301,28 @@ def test_a_job_passed_over_by_more_claims_than_slots_is_discarded(env: Env) -> N
     prep.close()
     for container_id in list(env.runtime.containers):
         env.runtime.remove(container_id)
+
+
+def test_a_claimed_container_is_its_attempts_even_before_the_attempt_takes_it(env: Env) -> None:
+    # Slots free together: the loop claims both prepared jobs, and then a third claim finds
+    # another job (a miss), all before either attempt's thread asks for its container.
+    jobs = [env.submit(name=f"j{i}") for i in range(2)]
+
+    def peek(exclude: object) -> Job | None:
+        assert isinstance(exclude, set)
+        rest = [j for j in jobs if j.id not in exclude]
+        return rest[0] if rest else None
+
+    prep = Preparer(env.settings, env.runtime, peek, limit=2)
+    prep.prepare()
+    wait_until(lambda: not prep._preparing and len(env.runtime.created) == 2, "both prepared")
+    for job in jobs:
+        prep.claimed((job.id, 1))
+    prep.claimed(("someone-elses", 1))
+    taken = [prep.take(spec_for(env.settings, job)) for job in jobs]  # type: ignore[arg-type]
+    assert None not in taken and set(taken) == set(env.runtime.containers)
+    assert env.runtime.removed == []
+    prep.close()
+    for container_id in taken:
+        assert container_id is not None
+        env.runtime.remove(container_id)
