@@ -34,7 +34,9 @@ def wait(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
 def test_the_claim_starts_the_container_created_while_the_slot_was_busy(
     start_harness: Callable[..., Harness], make_settings: Callable[..., Settings], database_url: str
 ) -> None:
-    h = start_harness(make_settings(database_url=database_url, max_concurrent_jobs=1))
+    h = start_harness(
+        make_settings(database_url=database_url, max_concurrent_jobs=1, prepare_next=True)
+    )
     busy = h.submit({"command": _sh("while [ ! -e /outputs/go ]; do sleep 0.05; done")})
     h.wait_for(busy["id"], lambda j: j["status"] == "running")
     body = {
@@ -73,7 +75,9 @@ def test_the_claim_starts_the_container_created_while_the_slot_was_busy(
 def test_a_job_cancelled_after_its_container_was_prepared_leaves_nothing(
     start_harness: Callable[..., Harness], make_settings: Callable[..., Settings], database_url: str
 ) -> None:
-    h = start_harness(make_settings(database_url=database_url, max_concurrent_jobs=1))
+    h = start_harness(
+        make_settings(database_url=database_url, max_concurrent_jobs=1, prepare_next=True)
+    )
     busy = h.submit({"command": _sh("while [ ! -e /outputs/go ]; do sleep 0.05; done")})
     h.wait_for(busy["id"], lambda j: j["status"] == "running")
     doomed = h.submit({"command": ["true"]})

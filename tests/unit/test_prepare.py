@@ -8,6 +8,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from agent.config import Settings
 from agent.core.jobs import JobStatus
 from agent.core.prepare import MAX_SKIPS, PrepareOdds
@@ -18,6 +20,12 @@ from agent.worker.prepare import Preparer
 from tests.unit.test_agent_fake import FOREVER, Env, env, wait_until
 
 __all__ = ["env"]  # the fixture, shared with test_agent_fake
+
+
+@pytest.fixture(autouse=True)
+def prepare_on(env: Env) -> None:
+    """Whatever TRAINYARD_PREPARE_NEXT the environment running the tests has."""
+    env.settings = env.settings.model_copy(update={"prepare_next": True})
 
 
 def chances(odds: PrepareOdds, n: int) -> list[bool]:
