@@ -116,9 +116,8 @@ class Preparer:
                             passed.append(earlier)
             else:
                 passed = list(self._live.values())
-                if passed:
-                    self._odds.record(used=False)
-            for stale in passed:
+            for stale in passed:  # each a container made for nothing: a miss
+                self._odds.record(used=False)
                 del self._live[stale.key]
                 self._discard(stale)
 

@@ -12,7 +12,7 @@ import pytest
 
 from agent.config import Settings
 from agent.core.jobs import JobStatus
-from agent.core.prepare import MAX_SKIPS, PrepareOdds
+from agent.core.prepare import MAX_SKIPS, MIN_HIT_RATE, PrepareOdds
 from agent.core.records import Claim, Job
 from agent.runtime.base import ATTEMPT_LABEL, JOB_LABEL
 from agent.worker.container_spec import container_spec, outputs_path
@@ -48,6 +48,16 @@ def test_odds_back_off_is_bounded() -> None:
     for _ in range(20):
         odds.record(used=False)
     assert chances(odds, MAX_SKIPS + 1) == [False] * MAX_SKIPS + [True]
+
+
+def test_odds_below_the_hit_rate_only_probe_and_recover_with_hits() -> None:
+    # Agents sharing a queue lose most of what they prepare: then only every 8th chance.
+    odds = PrepareOdds(hit_rate=0.4)
+    assert chances(odds, 17) == [True] + [False] * 7 + [True] + [False] * 7 + [True]
+    for _ in range(3):
+        odds.record(used=True)  # 0.4 -> 0.55 -> 0.66 -> 0.75
+    assert odds.hit_rate > MIN_HIT_RATE
+    assert chances(odds, 3) == [True, True, True]
 
 
 def prepared_containers(env: Env) -> list[str]:
