@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ def _sh(script: str) -> list[str]:
     return ["sh", "-c", script]
 
 
-def created_ahead(h: Harness) -> list[dict[str, object]]:
+def created_ahead(h: Harness) -> list[dict[str, Any]]:
     return [c for c in h.containers() if c["State"] == "created"]
 
 
@@ -31,14 +32,22 @@ def wait(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
-def test_the_claim_starts_the_container_created_while_the_slot_was_busy(
+def one_busy_slot(
     start_harness: Callable[..., Harness], make_settings: Callable[..., Settings], database_url: str
-) -> None:
+) -> tuple[Harness, dict[str, Any]]:
+    """An agent with one slot, held by a job that runs until /outputs/go exists."""
     h = start_harness(
         make_settings(database_url=database_url, max_concurrent_jobs=1, prepare_next=True)
     )
     busy = h.submit({"command": _sh("while [ ! -e /outputs/go ]; do sleep 0.05; done")})
     h.wait_for(busy["id"], lambda j: j["status"] == "running")
+    return h, busy
+
+
+def test_the_claim_starts_the_container_created_while_the_slot_was_busy(
+    start_harness: Callable[..., Harness], make_settings: Callable[..., Settings], database_url: str
+) -> None:
+    h, busy = one_busy_slot(start_harness, make_settings, database_url)
     body = {
         "command": _sh(
             "echo hello from $TRAINYARD_JOB_ID; id -u; touch /outputs/made; ls /outputs"
@@ -75,11 +84,7 @@ def test_the_claim_starts_the_container_created_while_the_slot_was_busy(
 def test_a_job_cancelled_after_its_container_was_prepared_leaves_nothing(
     start_harness: Callable[..., Harness], make_settings: Callable[..., Settings], database_url: str
 ) -> None:
-    h = start_harness(
-        make_settings(database_url=database_url, max_concurrent_jobs=1, prepare_next=True)
-    )
-    busy = h.submit({"command": _sh("while [ ! -e /outputs/go ]; do sleep 0.05; done")})
-    h.wait_for(busy["id"], lambda j: j["status"] == "running")
+    h, busy = one_busy_slot(start_harness, make_settings, database_url)
     doomed = h.submit({"command": ["true"]})
     wait(lambda: len(created_ahead(h)) == 1, "the next container created ahead")
     assert h.client.post(f"/jobs/{doomed['id']}/cancel").status_code in (200, 202)
