@@ -251,10 +251,14 @@ RUNTIME_CALLS = ("create", "start", "wait", "inspect", "remove")
 
 def prepared_counts() -> tuple[float, float]:
     """The agent's containers created ahead so far: (used, discarded)."""
-    return tuple(  # type: ignore[return-value]
-        REGISTRY.get_sample_value("trainyard_prepared_containers_total", {"result": r}) or 0.0
-        for r in ("used", "discarded")
-    )
+
+    def count(result: str) -> float:
+        sample = REGISTRY.get_sample_value(
+            "trainyard_prepared_containers_total", {"result": result}
+        )
+        return sample or 0.0
+
+    return count("used"), count("discarded")
 
 
 class Probe:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 
 from agent.config import Settings
 from agent.core.prepare import PrepareOdds
-from agent.core.reconcile import ATTEMPT_LABEL, JOB_LABEL
+from agent.core.reconcile import Key, container_key
 from agent.core.records import Claim, Job
 from agent.metrics import PREPARED_CONTAINERS
 from agent.runtime.base import ContainerSpec, Runtime
@@ -30,15 +30,6 @@ from agent.worker.container_spec import container_spec, outputs_path
 from agent.worker.execution import ensure_outputs_dir
 
 log = logging.getLogger("trainyard.agent")
-
-Key = tuple[str, int]  # (job id, attempt number)
-
-
-def spec_key(spec: ContainerSpec) -> Key | None:
-    try:
-        return spec.labels[JOB_LABEL], int(spec.labels[ATTEMPT_LABEL])
-    except (KeyError, ValueError):
-        return None
 
 
 @dataclass
@@ -94,7 +85,7 @@ class Preparer:
                 return
             self._preparing = True
             claims = self._claims
-        self._spawn(lambda: self._fill(claims), "prepare-next")
+            self._start(lambda: self._fill(claims), "prepare-next")
 
     def claimed(self, key: Key | None) -> None:
         """This agent's claim took `key` (None: it found nothing). If that job was not
@@ -145,7 +136,7 @@ class Preparer:
     def take(self, spec: ContainerSpec) -> str | None:
         """The prepared container of this attempt, if it is exactly `spec` (bar the name):
         then it is the attempt's to start. None: create one."""
-        key = spec_key(spec)
+        key = container_key(spec)
         with self._lock:
             live = None
             if key is not None:
@@ -171,10 +162,10 @@ class Preparer:
 
     # --- the threads ------------------------------------------------------------------------
 
-    def _spawn(self, target: Callable[[], None], name: str) -> None:
+    def _start(self, target: Callable[[], None], name: str) -> None:
+        """Run `target` in a thread that `close` waits for (called holding the lock)."""
         thread = threading.Thread(target=lambda: self._run(target), name=name, daemon=True)
-        with self._lock:
-            self._threads.add(thread)
+        self._threads.add(thread)
         thread.start()
 
     def _run(self, target: Callable[[], None]) -> None:
@@ -206,7 +197,7 @@ class Preparer:
             with self._lock:
                 # A claim since the peek may have taken that very job (or the agent stops).
                 if spec is not None and not self._closed and self._claims == claims:
-                    key = spec_key(spec)
+                    key = container_key(spec)
                     assert key is not None
                     self._prepared += 1
                     prepared = self._live[key] = _Prepared(key, spec, seq=self._prepared)
@@ -251,11 +242,7 @@ class Preparer:
                     self._removing.pop(id(prepared), None)
                 prepared.removed.set()
 
-        thread = threading.Thread(
-            target=lambda: self._run(remove), name="prepare-remove", daemon=True
-        )
-        self._threads.add(thread)
-        thread.start()
+        self._start(remove, "prepare-remove")
 
     def _remove(self, prepared: _Prepared, *, remove_outputs: bool) -> None:
         if prepared.container_id is not None:
